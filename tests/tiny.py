@@ -1,0 +1,69 @@
+"""Tiny deterministic models whose convergence behaviour is known by construction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tokconv.models import LoadedModel
+
+
+class CharTokenizer:
+    """Token i is the letter chr(97 + i); no special tokens."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        self.all_special_ids: list[int] = []
+
+    def decode(self, ids) -> str:
+        return "".join(chr(97 + int(i)) for i in ids)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [ord(ch) - 97 for ch in text]
+
+    def get_vocab(self) -> dict[str, int]:
+        return {chr(97 + i): i for i in range(self.vocab_size)}
+
+
+class TableModel:
+    """A bigram 'language model': the logits after token x are row x of a table."""
+
+    def __init__(self, table: np.ndarray) -> None:
+        import mlx.core as mx
+
+        self.table = mx.array(table.astype(np.float32))
+        self.layers = [None]  # make_prompt_cache builds one KVCache per layer
+
+    def __call__(self, x, cache=None):
+        import mlx.core as mx
+
+        if cache is not None:  # advance the cache so offsets behave like a real model's
+            B, n = x.shape
+            z = mx.zeros((B, 1, n, 1))
+            cache[0].update_and_fetch(z, z)
+        return self.table[x]
+
+
+def table_lm(table: np.ndarray, name: str = "table") -> LoadedModel:
+    """Wrap a (V, V) logit table as a LoadedModel with a letter tokenizer."""
+    V = table.shape[0]
+    return LoadedModel(
+        name=name, spec=name, path=Path("."), model=TableModel(table), tokenizer=CharTokenizer(V),
+        architecture="table", family="Test", vocab_size=V, bos_id=None, load_seconds=0.0, converted=False,
+    )
+
+
+def constant_lm(target: int, vocab: int = 6, name: str = "const", peak: float = 5.0) -> LoadedModel:
+    """Always predicts ``target``, whatever came before."""
+    table = np.zeros((vocab, vocab))
+    table[:, target] = peak
+    return table_lm(table, name)
+
+
+def successor_lm(vocab: int = 6, name: str = "succ") -> LoadedModel:
+    """Predicts (x + 1) mod V after x: the fixed point from any start is a counting sequence."""
+    table = np.zeros((vocab, vocab))
+    for x in range(vocab):
+        table[x, (x + 1) % vocab] = 5.0
+    return table_lm(table, name)

@@ -1,0 +1,140 @@
+"""Run a convergence experiment: pick the start, stream the mode's records, collect a result.
+
+    from tokconv.experiment import run
+    from tokconv.records import RunConfig
+    result = run(RunConfig(mode="adversarial-single", model_a="smollm2-135m", model_b="qwen2.5-coder-0.5b", length=20))
+    print(result.status, result.fingerprints)
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from . import modes
+from .errors import TokconvError
+from .models import LoadedModel, load
+from .records import MAX_LENGTH, IterationEnd, Record, RunConfig, RunEnd, RunResult, Step
+from .vocab import random_tokens, tokenizer_key
+
+__all__ = ["Experiment", "prepare", "run", "fingerprints"]
+
+
+@dataclass
+class Experiment:
+    """A prepared run: loaded models, players and the start state. Iterate ``records()`` to run it."""
+
+    config: RunConfig
+    players: list[modes.Player]
+    state: modes.State
+    start_tokens: list[int]
+    start_text: str
+
+    def records(self, should_stop: Callable[[], bool] | None = None) -> Iterator[Record]:
+        """Stream the mode's step records, ending with one RunEnd."""
+        c, ps = self.config, self.players
+        if c.mode == "sequential":
+            return modes.run_sequential(ps[0], self.state, c.iterations, should_stop)
+        if c.mode == "single":
+            return modes.run_single(ps[0], self.state, c.iterations, c.block_after, should_stop)
+        if c.mode == "batch":
+            return modes.run_batch(ps[0], self.state, c.iterations, should_stop)
+        if c.mode == "adversarial":
+            return modes.run_adversarial(ps, self.state, c.iterations, should_stop)
+        return modes.run_adversarial_single(ps, self.state, c.iterations, c.block_after, should_stop)
+
+    def cost(self) -> dict[str, float]:
+        """Forward passes, forwarded tokens and model seconds, summed over players."""
+        total = {"forward_passes": 0, "forwarded_tokens": 0, "seconds": 0.0}
+        for p in self.players:
+            total["forward_passes"] += p.session.cost.forward_passes
+            total["forwarded_tokens"] += p.session.cost.forwarded_tokens
+            total["seconds"] += p.session.cost.seconds
+        return total
+
+
+def _labels(models: list[LoadedModel]) -> list[str]:
+    names = [m.name for m in models]
+    if len(set(names)) < len(names):  # the same model twice: tell the sides apart
+        return [f"{n} ({side})" for n, side in zip(names, "AB")]
+    return names
+
+
+def prepare(config: RunConfig, progress: Callable[[str], None] | None = None) -> Experiment:
+    """Load the models and build the start state (random tokens from model A's vocabulary, or the start text)."""
+    lms = [load(spec, progress=progress) for spec in config.models]
+    players = [modes.Player(lm, i, label) for i, (lm, label) in enumerate(zip(lms, _labels(lms)))]
+    a = lms[0]
+    if config.start_text is not None:
+        start = a.encode(config.start_text)
+        if len(start) < 2:
+            raise TokconvError(
+                f"the start text is only {len(start)} token(s) long", "give a longer start text (2 tokens or more)"
+            )
+        if len(start) > MAX_LENGTH:
+            raise TokconvError(
+                f"the start text is {len(start)} tokens long, more than the maximum of {MAX_LENGTH}",
+                f"shorten it to at most {MAX_LENGTH} tokens",
+            )
+    else:
+        start = random_tokens(a, config.length, config.seed)
+    shared = all(tokenizer_key(lm) == tokenizer_key(a) for lm in lms)
+    state = modes.State(players, start, shared_ids=shared)
+    return Experiment(config, players, state, list(start), state.text)
+
+
+def fingerprints(steps: list[Step], labels: list[str]) -> dict[str, dict[str, int]]:
+    """Per model, the text of each token it inserted and how often, most frequent first."""
+    out: dict[str, dict[str, int]] = {}
+    for label in labels:
+        counts = Counter(s.new_text for s in steps if s.model == label)
+        out[label] = dict(counts.most_common())
+    return out
+
+
+def collect(exp: Experiment, records: Iterator[Record], on_record: Callable[[Record], None] | None = None) -> RunResult:
+    """Consume a record stream into a RunResult (calling ``on_record`` for each record)."""
+    import mlx_lm
+
+    from . import __version__
+
+    labels = [p.label for p in exp.players]
+    result = RunResult(
+        config=exp.config,
+        models=labels,
+        start_text=exp.start_text,
+        start_tokens=exp.start_tokens,
+        versions={"tokconv": __version__, "mlx_lm": mlx_lm.__version__},
+    )
+    t0 = time.perf_counter()
+    try:
+        for rec in records:
+            if on_record:
+                on_record(rec)
+            if isinstance(rec, Step):
+                result.steps.append(rec)
+            elif isinstance(rec, IterationEnd):
+                result.iterations_log.append(rec)
+            elif isinstance(rec, RunEnd):
+                result.status, result.iterations, result.period = rec.status, rec.iterations, rec.period
+                result.final_text = rec.final_text
+    except KeyboardInterrupt:
+        result.status, result.iterations = "interrupted", len(result.iterations_log)
+        result.final_text = exp.state.text
+    result.fingerprints = fingerprints(result.steps, labels)
+    result.cost = {**exp.cost(), "wall_seconds": time.perf_counter() - t0}
+    return result
+
+
+def run(
+    config: RunConfig,
+    *,
+    progress: Callable[[str], None] | None = None,
+    on_record: Callable[[Record], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunResult:
+    """Run one experiment to the end and return its result."""
+    exp = prepare(config, progress)
+    return collect(exp, exp.records(should_stop), on_record)

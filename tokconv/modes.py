@@ -1,0 +1,257 @@
+"""The five convergence modes as generators of step records.
+
+Every mode works on token ids through :class:`Player` objects (a model plus a
+KV-cached scoring session). A replacement always puts the acting model's argmax
+prediction at one position; position 0 has no prediction of its own in the
+original experiment and always keeps its token.
+
+Two models with the same vocabulary share token positions directly. Two models
+with different tokenizers share *text*: on its turn a model encodes the current
+text with its own tokenizer, makes its move(s), and decodes the result; positions
+in its steps are indices into its own tokenization of that text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .models import LoadedModel
+from .records import IterationEnd, Record, RunEnd, Step
+from .scoring import Scorer, ScoringSession
+
+StopFn = Callable[[], bool]
+
+
+@dataclass
+class Player:
+    """One model taking part in a run."""
+
+    lm: LoadedModel
+    index: int
+    label: str
+    session: ScoringSession = field(init=False)
+    flips: dict[int, int] = field(default_factory=dict)  # position -> times this player changed it
+    blocked: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.session = Scorer(self.lm).session()
+
+    def piece(self, token: int) -> str:
+        return self.lm.token_text(token)
+
+
+class State:
+    """The sequence the players act on: ids when all players share a vocabulary, else text."""
+
+    def __init__(self, players: list[Player], start_ids: list[int], shared_ids: bool) -> None:
+        self.players = players
+        self.shared_ids = shared_ids
+        self.ids = list(start_ids)
+        self.text = players[0].lm.decode(start_ids)
+        self._encoded: dict[int, tuple[str, list[int]]] = {}
+
+    def ids_for(self, p: Player) -> list[int]:
+        """The sequence in ``p``'s tokenization."""
+        if self.shared_ids:
+            return list(self.ids)
+        cached = self._encoded.get(p.index)
+        if cached is None or cached[0] != self.text:
+            cached = (self.text, p.lm.encode(self.text))
+            self._encoded[p.index] = cached
+        return list(cached[1])
+
+    def update(self, p: Player, ids: list[int]) -> None:
+        """Set the state from ``p``'s tokens after its move."""
+        self.ids = list(ids)
+        self.text = p.lm.decode(ids)
+        if not self.shared_ids:
+            self._encoded = {p.index: (self.text, list(ids))}
+
+    def key(self) -> tuple:
+        """A hashable snapshot, for detecting cycles."""
+        return tuple(self.ids) if self.shared_ids else (self.text,)
+
+
+def _step(p: Player, iteration: int, pos: int, old: int, new: int, entropy: float, prob: float) -> Step:
+    return Step(iteration, p.label, p.index, pos, int(old), int(new), p.piece(old), p.piece(new), float(entropy), float(prob))
+
+
+def _iteration_end(p: Player, iteration: int, ids: list[int], changes: int, blocked=()) -> IterationEnd:
+    pieces = tuple(p.piece(t) for t in ids)
+    return IterationEnd(iteration, p.label, p.index, tuple(int(t) for t in ids), pieces, "".join(pieces), changes, tuple(sorted(blocked)))
+
+
+def sequential_pass(p: Player, ids: list[int], iteration: int) -> Iterator[Step]:
+    """One greedy left-to-right pass; yields each replacement and leaves the result in ``ids``.
+
+    Predictions are fetched lazily: right after a change only the changed token
+    is forwarded; after agreements the look-ahead doubles, so a pass over an
+    already consistent sequence takes a few model calls, not L.
+    """
+    arr = np.array([ids], dtype=np.int64)
+    L = arr.shape[1]
+    valid, chunk, scores = 0, 0, None
+    for i in range(1, L):
+        if scores is None or i > valid:
+            valid = min(L - 1, i + chunk)
+            scores = p.session.score(arr, upto=valid)
+        pred = int(scores.argmax[0, i])
+        if pred != arr[0, i]:
+            yield _step(p, iteration, i, arr[0, i], pred, scores.entropy[0, i], scores.prob[0, i])
+            arr = arr.copy()
+            arr[0, i] = pred
+            ids[i] = pred
+            valid, chunk = i, 0  # predictions after i are stale now
+        else:
+            chunk = max(1, 2 * chunk)
+
+
+def mismatches(p: Player, ids: list[int]):
+    """Scores of ``ids`` and the positions (>= 1) where the prediction differs from the token."""
+    arr = np.array([ids], dtype=np.int64)
+    scores = p.session.score(arr)
+    pos = np.nonzero(scores.argmax[0, 1:] != arr[0, 1:])[0] + 1
+    return scores, pos
+
+
+def single_move(p: Player, ids: list[int], iteration: int, block_after: int) -> Step | None:
+    """Replace the highest-entropy unblocked mismatch (ties: lowest position); None if there is none."""
+    scores, pos = mismatches(p, ids)
+    pos = np.array([i for i in pos if i not in p.blocked], dtype=np.int64)
+    if pos.size == 0:
+        return None
+    i = int(pos[np.argmax(scores.entropy[0, pos])])  # argmax takes the first of equal maxima
+    step = _step(p, iteration, i, ids[i], scores.argmax[0, i], scores.entropy[0, i], scores.prob[0, i])
+    ids[i] = step.new_token
+    p.flips[i] = p.flips.get(i, 0) + 1
+    if p.flips[i] >= block_after:
+        p.blocked.add(i)
+    return step
+
+
+def _stopped(should_stop: StopFn | None) -> bool:
+    return bool(should_stop and should_stop())
+
+
+def run_sequential(p: Player, state: State, max_iter: int, should_stop: StopFn | None = None) -> Iterator[Record]:
+    """Solo greedy passes until a pass changes nothing."""
+    for it in range(1, max_iter + 1):
+        if _stopped(should_stop):
+            yield RunEnd("interrupted", it - 1, None, state.text)
+            return
+        ids = state.ids_for(p)
+        steps = yield from _collect(sequential_pass(p, ids, it))
+        state.update(p, ids)
+        yield _iteration_end(p, it, ids, steps)
+        if steps == 0:
+            yield RunEnd("converged", it, None, state.text)
+            return
+    yield RunEnd("max-iterations", max_iter, None, state.text)
+
+
+def run_single(p: Player, state: State, max_iter: int, block_after: int, should_stop: StopFn | None = None) -> Iterator[Record]:
+    """Solo: one highest-entropy replacement per iteration, with blocking."""
+    for it in range(1, max_iter + 1):
+        if _stopped(should_stop):
+            yield RunEnd("interrupted", it - 1, None, state.text)
+            return
+        ids = state.ids_for(p)
+        step = single_move(p, ids, it, block_after)
+        if step is not None:
+            yield step
+            state.update(p, ids)
+        yield _iteration_end(p, it, ids, int(step is not None), p.blocked)
+        if step is None:
+            _, left = mismatches(p, ids)
+            yield RunEnd("converged" if left.size == 0 else "all-blocked", it, None, state.text)
+            return
+    yield RunEnd("max-iterations", max_iter, None, state.text)
+
+
+def run_batch(p: Player, state: State, max_iter: int, should_stop: StopFn | None = None) -> Iterator[Record]:
+    """Solo Jacobi iteration: every mismatch replaced at once from one scoring; cycles detected."""
+    seen = {state.key(): 0}
+    for it in range(1, max_iter + 1):
+        if _stopped(should_stop):
+            yield RunEnd("interrupted", it - 1, None, state.text)
+            return
+        ids = state.ids_for(p)
+        scores, pos = mismatches(p, ids)
+        for i in pos:
+            yield _step(p, it, int(i), ids[i], scores.argmax[0, i], scores.entropy[0, i], scores.prob[0, i])
+            ids[i] = int(scores.argmax[0, i])
+        state.update(p, ids)
+        yield _iteration_end(p, it, ids, int(pos.size))
+        if pos.size == 0:
+            yield RunEnd("converged", it, None, state.text)
+            return
+        key = state.key()
+        if key in seen:
+            yield RunEnd("oscillating", it, it - seen[key], state.text)
+            return
+        seen[key] = it
+    yield RunEnd("max-iterations", max_iter, None, state.text)
+
+
+def run_adversarial(players: list[Player], state: State, max_iter: int, should_stop: StopFn | None = None) -> Iterator[Record]:
+    """Two models alternate full sequential passes; converged when a full round changes nothing."""
+    seen = {(state.key(), 0): 0}
+    quiet = 0  # consecutive passes that changed nothing
+    for it in range(1, max_iter + 1):
+        if _stopped(should_stop):
+            yield RunEnd("interrupted", it - 1, None, state.text)
+            return
+        p = players[(it - 1) % 2]
+        ids = state.ids_for(p)
+        steps = yield from _collect(sequential_pass(p, ids, it))
+        state.update(p, ids)
+        yield _iteration_end(p, it, ids, steps)
+        quiet = quiet + 1 if steps == 0 else 0
+        if quiet >= 2:
+            yield RunEnd("converged", it, None, state.text)
+            return
+        key = (state.key(), it % 2)  # the state and whose turn is next
+        if key in seen:
+            yield RunEnd("oscillating", it, it - seen[key], state.text)
+            return
+        seen[key] = it
+    yield RunEnd("max-iterations", max_iter, None, state.text)
+
+
+def run_adversarial_single(
+    players: list[Player], state: State, max_iter: int, block_after: int, should_stop: StopFn | None = None
+) -> Iterator[Record]:
+    """Two models alternate single replacements with blocking; ends when neither can move."""
+    shared = state.shared_ids
+    if shared:  # one flip count per position, whoever flips it
+        players[1].flips, players[1].blocked = players[0].flips, players[0].blocked
+    idle = 0  # consecutive turns without a move
+    for it in range(1, max_iter + 1):
+        if _stopped(should_stop):
+            yield RunEnd("interrupted", it - 1, None, state.text)
+            return
+        p = players[(it - 1) % 2]
+        ids = state.ids_for(p)
+        step = single_move(p, ids, it, block_after)
+        if step is not None:
+            yield step
+            state.update(p, ids)
+        yield _iteration_end(p, it, ids, int(step is not None), p.blocked)
+        idle = 0 if step is not None else idle + 1
+        if idle >= 2:
+            left = sum(mismatches(q, state.ids_for(q))[1].size for q in players)
+            yield RunEnd("converged" if left == 0 else "all-blocked", it, None, state.text)
+            return
+    yield RunEnd("max-iterations", max_iter, None, state.text)
+
+
+def _collect(steps: Iterator[Step]):
+    """Re-yield steps and return how many there were (use with ``yield from``)."""
+    n = 0
+    for s in steps:
+        n += 1
+        yield s
+    return n
