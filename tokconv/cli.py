@@ -12,11 +12,15 @@ import importlib
 import sys
 
 COMMANDS = {
+    "run": "run one convergence experiment (the original script's -l/-m/-n form works without 'run')",
+    "report": "rerun the original experiments over many seeds and write a markdown report",
     "models": "list the bundled models and whether they are installed and converted",
     "complete": "print a model's greedy continuation of a prompt (a quick check that a model works)",
 }
 
 EPILOG = """examples:
+  tokconv run -l 20 -m sequential
+  python -m tokconv -l 20 -m adversarial-single --model-a smollm2-135m --model-b qwen2.5-coder-0.5b
   tokconv models
   tokconv complete --model smollm2-135m --prompt "The capital of France is" --max-tokens 8
 """
@@ -40,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 failed, 2 bad input, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["run", *argv]  # the original script's form: python -m tokconv -l 20 -m sequential
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
