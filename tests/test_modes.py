@@ -6,21 +6,11 @@ import numpy as np
 import pytest
 
 from tiny import constant_lm, successor_lm, table_lm
+from tiny import experiment as _experiment
+from tiny import run_tiny as _run
 from tokconv import modes
-from tokconv.experiment import Experiment, collect, fingerprints
+from tokconv.experiment import collect, fingerprints
 from tokconv.records import IterationEnd, RunConfig, RunEnd, RunResult, Step
-
-
-def _experiment(mode, lms, start, **cfg) -> Experiment:
-    config = RunConfig(mode=mode, model_a=lms[0].spec, model_b=lms[1].spec if len(lms) > 1 else None, length=len(start), **cfg)
-    players = [modes.Player(lm, i, lm.name) for i, lm in enumerate(lms)]
-    state = modes.State(players, start, shared_ids=True)
-    return Experiment(config, players, state, list(start), state.text)
-
-
-def _run(mode, lms, start, **cfg) -> RunResult:
-    exp = _experiment(mode, lms, start, **cfg)
-    return collect(exp, exp.records())
 
 
 def test_sequential_solo_reaches_the_fixed_point_in_two_iterations():

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tokconv import modes
+from tokconv.experiment import Experiment, collect
 from tokconv.models import LoadedModel
+from tokconv.records import RunConfig, RunResult
 
 
 class CharTokenizer:
@@ -67,3 +70,17 @@ def successor_lm(vocab: int = 6, name: str = "succ") -> LoadedModel:
     for x in range(vocab):
         table[x, (x + 1) % vocab] = 5.0
     return table_lm(table, name)
+
+
+def experiment(mode, lms, start, **cfg) -> Experiment:
+    """A prepared run of tiny models from a given start (shared token positions)."""
+    config = RunConfig(mode=mode, model_a=lms[0].spec, model_b=lms[1].spec if len(lms) > 1 else None, length=len(start), **cfg)
+    players = [modes.Player(lm, i, lm.name) for i, lm in enumerate(lms)]
+    state = modes.State(players, start, shared_ids=True)
+    return Experiment(config, players, state, list(start), state.text)
+
+
+def run_tiny(mode, lms, start, **cfg) -> RunResult:
+    """Run tiny models to the end."""
+    exp = experiment(mode, lms, start, **cfg)
+    return collect(exp, exp.records())
