@@ -20,7 +20,7 @@ import numpy as np
 
 from .models import LoadedModel
 from .records import IterationEnd, Record, RunEnd, Step
-from .scoring import Scorer, ScoringSession
+from .scoring import Scorer, Scores, ScoringSession
 
 StopFn = Callable[[], bool]
 
@@ -79,7 +79,7 @@ def _step(p: Player, iteration: int, pos: int, old: int, new: int, entropy: floa
     return Step(iteration, p.label, p.index, pos, int(old), int(new), p.piece(old), p.piece(new), float(entropy), float(prob))
 
 
-def _iteration_end(p: Player, iteration: int, ids: list[int], changes: int, blocked=()) -> IterationEnd:
+def iteration_end(p: Player, iteration: int, ids: list[int], changes: int, blocked=()) -> IterationEnd:
     pieces = tuple(p.piece(t) for t in ids)
     return IterationEnd(iteration, p.label, p.index, tuple(int(t) for t in ids), pieces, "".join(pieces), changes, tuple(sorted(blocked)))
 
@@ -109,27 +109,41 @@ def sequential_pass(p: Player, ids: list[int], iteration: int) -> Iterator[Step]
             chunk = max(1, 2 * chunk)
 
 
+def mismatch_positions(scores: Scores, ids, row: int = 0) -> np.ndarray:
+    """Positions (>= 1) of ``row`` where the prediction differs from the token."""
+    arr = np.asarray(ids)
+    return np.nonzero(scores.argmax[row, 1:] != arr[1:])[0] + 1
+
+
 def mismatches(p: Player, ids: list[int]):
     """Scores of ``ids`` and the positions (>= 1) where the prediction differs from the token."""
-    arr = np.array([ids], dtype=np.int64)
-    scores = p.session.score(arr)
-    pos = np.nonzero(scores.argmax[0, 1:] != arr[0, 1:])[0] + 1
-    return scores, pos
+    scores = p.session.score(np.array([ids], dtype=np.int64))
+    return scores, mismatch_positions(scores, ids)
 
 
-def single_move(p: Player, ids: list[int], iteration: int, block_after: int) -> Step | None:
-    """Replace the highest-entropy unblocked mismatch (ties: lowest position); None if there is none."""
-    scores, pos = mismatches(p, ids)
-    pos = np.array([i for i in pos if i not in p.blocked], dtype=np.int64)
+def pick_single(scores: Scores, ids, blocked: set[int], row: int = 0) -> int | None:
+    """The highest-entropy unblocked mismatch (ties: lowest position), or None if there is none."""
+    pos = np.array([i for i in mismatch_positions(scores, ids, row) if i not in blocked], dtype=np.int64)
     if pos.size == 0:
         return None
-    i = int(pos[np.argmax(scores.entropy[0, pos])])  # argmax takes the first of equal maxima
-    step = _step(p, iteration, i, ids[i], scores.argmax[0, i], scores.entropy[0, i], scores.prob[0, i])
+    return int(pos[np.argmax(scores.entropy[row, pos])])  # argmax takes the first of equal maxima
+
+
+def apply_single(p: Player, scores: Scores, ids: list[int], i: int, iteration: int, block_after: int, row: int = 0) -> Step:
+    """Put the prediction at ``i``, count the flip and block the position once it flipped ``block_after`` times."""
+    step = _step(p, iteration, i, ids[i], scores.argmax[row, i], scores.entropy[row, i], scores.prob[row, i])
     ids[i] = step.new_token
     p.flips[i] = p.flips.get(i, 0) + 1
     if p.flips[i] >= block_after:
         p.blocked.add(i)
     return step
+
+
+def single_move(p: Player, ids: list[int], iteration: int, block_after: int) -> Step | None:
+    """Replace the highest-entropy unblocked mismatch; None if there is none."""
+    scores = p.session.score(np.array([ids], dtype=np.int64))
+    i = pick_single(scores, ids, p.blocked)
+    return None if i is None else apply_single(p, scores, ids, i, iteration, block_after)
 
 
 def _stopped(should_stop: StopFn | None) -> bool:
@@ -145,7 +159,7 @@ def run_sequential(p: Player, state: State, max_iter: int, should_stop: StopFn |
         ids = state.ids_for(p)
         steps = yield from _collect(sequential_pass(p, ids, it))
         state.update(p, ids)
-        yield _iteration_end(p, it, ids, steps)
+        yield iteration_end(p, it, ids, steps)
         if steps == 0:
             yield RunEnd("converged", it, None, state.text)
             return
@@ -163,7 +177,7 @@ def run_single(p: Player, state: State, max_iter: int, block_after: int, should_
         if step is not None:
             yield step
             state.update(p, ids)
-        yield _iteration_end(p, it, ids, int(step is not None), p.blocked)
+        yield iteration_end(p, it, ids, int(step is not None), p.blocked)
         if step is None:
             _, left = mismatches(p, ids)
             yield RunEnd("converged" if left.size == 0 else "all-blocked", it, None, state.text)
@@ -184,7 +198,7 @@ def run_batch(p: Player, state: State, max_iter: int, should_stop: StopFn | None
             yield _step(p, it, int(i), ids[i], scores.argmax[0, i], scores.entropy[0, i], scores.prob[0, i])
             ids[i] = int(scores.argmax[0, i])
         state.update(p, ids)
-        yield _iteration_end(p, it, ids, int(pos.size))
+        yield iteration_end(p, it, ids, int(pos.size))
         if pos.size == 0:
             yield RunEnd("converged", it, None, state.text)
             return
@@ -208,7 +222,7 @@ def run_adversarial(players: list[Player], state: State, max_iter: int, should_s
         ids = state.ids_for(p)
         steps = yield from _collect(sequential_pass(p, ids, it))
         state.update(p, ids)
-        yield _iteration_end(p, it, ids, steps)
+        yield iteration_end(p, it, ids, steps)
         quiet = quiet + 1 if steps == 0 else 0
         if quiet >= 2:
             yield RunEnd("converged", it, None, state.text)
@@ -239,7 +253,7 @@ def run_adversarial_single(
         if step is not None:
             yield step
             state.update(p, ids)
-        yield _iteration_end(p, it, ids, int(step is not None), p.blocked)
+        yield iteration_end(p, it, ids, int(step is not None), p.blocked)
         idle = 0 if step is not None else idle + 1
         if idle >= 2:
             left = sum(mismatches(q, state.ids_for(q))[1].size for q in players)
