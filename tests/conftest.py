@@ -12,6 +12,9 @@ import pytest
 # converted models across test files (conversion takes seconds to a minute).
 os.environ.setdefault("TOKCONV_CACHE", str(Path(tempfile.gettempdir()) / "tokconv-test-cache"))
 
+# ...and never the user's run database.
+os.environ.setdefault("TOKCONV_DB", str(Path(tempfile.mkdtemp(prefix="tokconv-test-db-")) / "runs.sqlite"))
+
 import tokconv  # noqa: E402  (sets up the runtime before mlx is imported)
 
 

@@ -61,3 +61,50 @@ def test_original_form_runs_sequential_and_writes_json(tmp_path, capsys, smollm2
     assert "MODEL FINGERPRINTS" in text
     data = json.loads(out.read_text())
     assert data["mode"] == "sequential" and data["status"] == "converged" and data["length"] == 8
+
+
+def test_runs_export_and_import_round_trip(tmp_path, capsys):
+    from tiny import constant_lm, run_tiny
+    from tokconv.store import RunStore
+
+    db = tmp_path / "runs.sqlite"
+    store = RunStore(db)
+    r = run_tiny("adversarial", [constant_lm(1, name="A"), constant_lm(2, name="B")], [0, 0, 0])
+    rid = store.save(r)
+    assert main(["runs", "--db", str(db), "list"]) == 0
+    assert "oscillating" in capsys.readouterr().out
+    for fmt in ("json", "csv", "parquet"):
+        assert main(["runs", "--db", str(db), "export", str(rid), "--format", fmt, "--output", str(tmp_path / f"x.{fmt}")]) == 0
+    import pandas as pd
+
+    steps = pd.read_parquet(tmp_path / "x.parquet")
+    assert len(steps) == len(r.steps) and set(steps["model"]) == {"A", "B"}
+    assert len(pd.read_csv(tmp_path / "x.csv")) == len(r.steps)
+    other = tmp_path / "other.sqlite"
+    assert main(["runs", "--db", str(other), "import", str(tmp_path / "x.json")]) == 0
+    [row] = RunStore(other).list()
+    assert RunStore(other).get(row.id).to_dict() == r.to_dict()
+    assert main(["runs", "--db", str(other), "delete", str(row.id)]) == 0
+    assert main(["runs", "--db", str(other), "show", str(row.id)]) == 2
+
+
+def test_runs_on_a_corrupt_database_say_so(tmp_path, capsys):
+    db = tmp_path / "runs.sqlite"
+    db.write_text("garbage")
+    assert main(["runs", "--db", str(db), "list"]) == 2
+    assert "not a tokconv run database" in capsys.readouterr().err
+    assert db.read_text() == "garbage"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sweep", "--lengths", "8,x"], "cannot read lengths"),
+        (["sweep", "--seeds", "a-b"], "cannot read seeds"),
+        (["sweep", "--lengths", "1"], "length 1 is out of range"),
+        (["sweep", "--mode", "adversarial"], "needs two models"),
+    ],
+)
+def test_sweep_bad_input(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

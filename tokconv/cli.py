@@ -14,6 +14,8 @@ import sys
 COMMANDS = {
     "run": "run one convergence experiment (the original script's -l/-m/-n form works without 'run')",
     "report": "rerun the original experiments over many seeds and write a markdown report",
+    "sweep": "run many seeds and lengths of one mode, saved to the run store (resumes when stopped)",
+    "runs": "list, show, delete, export or import saved runs",
     "models": "list the bundled models and whether they are installed and converted",
     "complete": "print a model's greedy continuation of a prompt (a quick check that a model works)",
 }
@@ -21,6 +23,9 @@ COMMANDS = {
 EPILOG = """examples:
   tokconv run -l 20 -m sequential
   python -m tokconv -l 20 -m adversarial-single --model-a smollm2-135m --model-b qwen2.5-coder-0.5b
+  tokconv sweep --model smollm2-135m --mode single --lengths 8,16,32 --seeds 0-63
+  tokconv runs list
+  tokconv runs export --format csv --output runs.csv
   tokconv models
   tokconv complete --model smollm2-135m --prompt "The capital of France is" --max-tokens 8
 """

@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-after", type=int, default=3, help="block a position after it flipped this many times (default 3)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the whole run as JSON here")
     p.add_argument("--quiet", action="store_true", help="print only the outcome (and fingerprints)")
+    p.add_argument("--db", default=None, help="run database (default: $TOKCONV_DB, else ~/.local/share/tokconv/runs.sqlite)")
+    p.add_argument("--no-save", action="store_true", help="do not save this run in the run database")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -52,7 +54,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def main(args: argparse.Namespace) -> int:
     from ..experiment import collect, prepare
 
+    from ..store import RunStore
+
     config = config_from_args(args)  # validates before any model loads
+    store = None if args.no_save else RunStore(args.db)  # a bad database is reported before the run, not after
     err = sys.stderr
     exp = prepare(config, progress=lambda msg: print(msg, file=err, flush=True))
     if not args.quiet:
@@ -84,4 +89,6 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(result.to_json(indent=1), encoding="utf-8")
         print(f"\nwrote {args.json}")
+    if store is not None:
+        print(f"saved as run {store.save(result)} in {store.path}")
     return 0 if result.status != "interrupted" else 130

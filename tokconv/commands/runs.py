@@ -1,0 +1,64 @@
+"""``tokconv runs list|show|delete|export|import``: the saved runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from ..errors import TokconvError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=None, help="run database (default: $TOKCONV_DB, else ~/.local/share/tokconv/runs.sqlite)")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ls = sub.add_parser("list", help="list saved runs, newest first")
+    ls.add_argument("--format", choices=["table", "json"], default="table")
+    ls.add_argument("--mode", default=None)
+    ls.add_argument("--model", default=None, help="runs where this model took part")
+    ls.add_argument("--status", default=None)
+    show = sub.add_parser("show", help="print one run as JSON")
+    show.add_argument("id", type=int)
+    rm = sub.add_parser("delete", help="delete one run")
+    rm.add_argument("id", type=int)
+    ex = sub.add_parser("export", help="export runs (all, or the ids given) as json, csv or parquet")
+    ex.add_argument("ids", type=int, nargs="*")
+    ex.add_argument("--format", choices=["json", "csv", "parquet"], default="json")
+    ex.add_argument("--output", type=Path, required=True)
+    im = sub.add_parser("import", help="import runs from a JSON file exported by tokconv")
+    im.add_argument("path", type=Path)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..exporting import export_runs, read_runs_json
+    from ..store import RunStore
+
+    store = RunStore(args.db)
+    if args.action == "list":
+        rows = store.list(mode=args.mode, model=args.model, status=args.status)
+        if args.format == "json":
+            print(json.dumps([asdict(r) for r in rows], indent=1))
+            return 0
+        print(f"{'ID':>5}  {'CREATED':20}  {'MODE':18}  {'MODELS':42}  {'LEN':>4}  {'SEED':>4}  {'STATUS':14}  ITER")
+        for r in rows:
+            models = r.model_a + (f" vs {r.model_b}" if r.model_b else "")
+            print(f"{r.id:5d}  {r.created_at:20}  {r.mode:18}  {models:42}  {r.length:4d}  {r.seed:4d}  {r.status:14}  {r.iterations}")
+        if not rows:
+            print(f"(no saved runs in {store.path})")
+    elif args.action == "show":
+        print(store.get(args.id).to_json(indent=1))
+    elif args.action == "delete":
+        store.delete(args.id)
+        print(f"deleted run {args.id}")
+    elif args.action == "export":
+        ids = args.ids or [r.id for r in store.list(limit=10**9)]
+        if not ids:
+            raise TokconvError(f"there are no runs to export in {store.path}", "run an experiment or a sweep first")
+        export_runs({i: store.get(i) for i in ids}, args.format, args.output)
+        print(f"exported {len(ids)} run(s) to {args.output}")
+    elif args.action == "import":
+        results = read_runs_json(args.path)
+        ids = store.import_runs(results)
+        print(f"imported {len(ids)} run(s) as id(s) {', '.join(map(str, ids))}")
+    return 0
