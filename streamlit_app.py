@@ -1,0 +1,39 @@
+"""The tokconv dashboard: the frame shared by every page (page config, navigation, sidebar).
+
+Start it with ``bash scripts/dashboard.sh`` (or ``streamlit run streamlit_app.py``).
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:  # the pages import the shared helpers in ui/
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+import tokconv  # noqa: E402  (sets up the fast path before MLX is imported)
+from tokconv import models  # noqa: E402
+from ui import engine, frame  # noqa: E402
+
+st.set_page_config(page_title="tokconv", page_icon=":material/sync:", layout="wide")
+st.set_option("client.showErrorDetails", "none")  # also in .streamlit/config.toml, for runs from another folder
+
+page = st.navigation(frame.pages())
+engine.settle_interrupted()
+sidebar = st.sidebar.container()
+try:
+    with frame.running():
+        page.run()
+except Exception as exc:  # Streamlit's rerun/stop signals are BaseExceptions and pass through
+    engine.show_error(exc)
+
+with sidebar:
+    st.caption(tokconv.RUNTIME.notice())
+    loaded = models.loaded_specs()
+    st.caption(
+        "Models in memory: " + ", ".join(loaded)
+        if loaded
+        else "No model loaded yet: the first run loads one (seconds; a model's very first use converts it, 10-40 s)."
+    )
+    st.caption(f"Runs this session: {len(engine.session_runs())}")

@@ -1,0 +1,197 @@
+"""The dashboard driven headless through Streamlit's AppTest: every page, real small runs, errors.
+
+Models and finished runs are cached per process, so later tests reuse what earlier ones loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tiny import constant_lm
+
+from tokconv import modes
+from tokconv.experiment import Experiment, collect
+from tokconv.records import RunConfig
+
+streamlit_testing = pytest.importorskip("streamlit.testing.v1")
+APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+CHARTS = "vega_lite_chart"  # what AppTest calls an st.altair_chart in Streamlit 1.67
+
+
+def _app(page: str | None = None, **query: str):
+    at = streamlit_testing.AppTest.from_file(APP, default_timeout=300)
+    at.query_params.update(query)
+    at.run()  # the frame registers the pages; only then does switch_page find them through st.navigation
+    if page:
+        at.switch_page(page).run()
+    return at
+
+
+def _ok(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _texts(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+def test_home_explains_the_experiment_and_runs_the_example():
+    at = _app()
+    _ok(at)
+    body = " ".join(_texts(at.markdown))
+    for word in ("Convergence", "Oscillation", "Blocking", "Fingerprint", "collapsed to `!`"):
+        assert word in body
+    at.button(key="home_run").click().run()
+    _ok(at)
+    assert any(t.startswith("Converged after") for t in _texts(at.subheader))
+    assert at.slider(key=next(s.key for s in at.slider)).value >= 1  # the scrubber, at the final iteration
+
+
+def test_solo_run_shows_status_chips_scrubber_and_charts():
+    at = _app("pages/solo.py")
+    _ok(at)
+    at.number_input(key="length").set_value(6)
+    at.number_input(key="iterations").set_value(5)
+    at.button(key="solo_run").click().run()
+    _ok(at)
+    assert "Converged after 2 iterations." in _texts(at.subheader)
+    assert len(at.get(CHARTS)) >= 4  # heatmap, flips per position, insertions, changes per iteration
+    chips = [m for m in _texts(at.markdown) if "position 1:" in m]
+    assert chips and "rgba(" in chips[-1]  # token chips with theme-neutral translucent colors
+    labels = [b.label for b in at.get("download_button")]
+    assert "Download the whole run (JSON)" in labels and "Data (CSV)" in labels
+    scrub = at.slider[0]
+    scrub.set_value(0).run()
+    _ok(at)
+    assert "The start sequence." in _texts(at.caption)
+    # the same settings later show the stored run without running again
+    at.number_input(key="seed").set_value(0).run()
+    assert "Converged after 2 iterations." in _texts(at.subheader)
+
+
+def test_url_query_parameters_fill_in_the_settings():
+    at = _app("pages/solo.py", mode="single", length="5", seed="7", iterations="40")
+    _ok(at)
+    assert at.selectbox(key="mode").value == "single"
+    assert at.number_input(key="length").value == 5
+    assert at.number_input(key="seed").value == 7
+    assert at.number_input(key="iterations").value == 40
+
+
+def test_an_unknown_model_shows_the_problem_and_the_fix():
+    at = _app("pages/solo.py")
+    at.selectbox(key="model").set_value("other…").run()
+    at.text_input(key="model_other").input("no-such-model").run()
+    at.button(key="solo_run").click().run()
+    _ok(at)
+    assert "unknown model 'no-such-model'" in _texts(at.error)[0]
+    assert "smollm2-135m" in _texts(at.info)[0]  # the fix names the bundled models
+    assert not at.get(CHARTS)
+
+
+def test_other_model_with_nothing_typed_is_an_error_not_a_crash():
+    at = _app("pages/battle.py")
+    at.selectbox(key="model_b").set_value("other…").run()
+    at.button(key="battle_run").click().run()
+    _ok(at)
+    assert "no model is typed in" in _texts(at.error)[0]
+
+
+def test_a_run_cut_short_is_shown_as_interrupted():
+    # What the engine keeps while a run streams; a rerun (Cancel, Stop or any widget change) ends it there.
+    lm = constant_lm(1, name="A")
+    config = RunConfig(mode="single", model_a="smollm2-135m", length=4, seed=12345)
+    players = [modes.Player(lm, 0, "A")]
+    exp = Experiment(config, players, modes.State(players, [0, 0, 0, 0], True), [0, 0, 0, 0], "aaaa")
+    records = []
+    for rec in exp.records():
+        records.append(rec)
+        if len(records) == 4:  # step, iteration end, step, iteration end: cut after two iterations
+            break
+    at = _app("pages/solo.py")
+    at.session_state["partial_run"] = {
+        "config": config, "origin": "solo", "labels": ["A"], "start_text": "aaaa", "start_tokens": [0, 0, 0, 0], "records": records,
+    }
+    at.run()
+    _ok(at)
+    assert "Interrupted after 2 iterations; below is how far it got." in _texts(at.subheader)
+    at.switch_page("pages/fingerprints.py").run()
+    _ok(at)
+    assert "Run something first" in _texts(at.info)[0]  # one interrupted solo run: only one fingerprint
+
+
+def test_fingerprints_of_uploaded_runs_are_compared():
+    # A always inserts 'b', B always 'c': disjoint fingerprints, 1 bit apart, no overlap
+    lms = [constant_lm(1, name="A"), constant_lm(2, name="B")]
+    config = RunConfig(mode="adversarial-single", model_a="A", model_b="B", length=3)
+    players = [modes.Player(lm, i, lm.name) for i, lm in enumerate(lms)]
+    exp = Experiment(config, players, modes.State(players, [0, 0, 0], True), [0, 0, 0], "aaa")
+    battle = collect(exp, exp.records())
+    at = _app("pages/fingerprints.py")
+    at.file_uploader(key="fp_upload").set_value(
+        [("battle.json", battle.to_json().encode(), "application/json"), ("broken.json", b"{not json", "application/json")]
+    ).run()
+    _ok(at)
+    assert "this is not a JSON run file" in _texts(at.error)[0]  # the broken file is reported, the good one used
+    assert at.selectbox(key="fp_left").value == "A in battle.json"
+    assert at.selectbox(key="fp_right").value == "B in battle.json"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Jensen-Shannon divergence"] == "1.00 bits" and metrics["Overlap"] == "0%"
+    assert any("almost completely different" in m for m in _texts(at.markdown))
+    assert len(at.get(CHARTS)) == 1
+
+
+def _battle(at, model_b: str, mode: str, length: int, iterations: int):
+    at.switch_page("pages/battle.py").run()
+    at.selectbox(key="model_b").set_value(model_b).run()
+    at.selectbox(key="battle_mode").set_value(mode).run()
+    at.number_input(key="length").set_value(length)
+    at.number_input(key="iterations").set_value(iterations)
+    at.button(key="battle_run").click().run()
+    _ok(at)
+    return at
+
+
+def test_battle_smollm2_vs_gemma_and_the_fingerprint_comparison():
+    at = _battle(_app(), "gemma3-270m", "adversarial", 6, 4)
+    status = _texts(at.subheader)[-1]
+    assert status.startswith(("Oscillating", "Converged", "Stopped at the iteration limit"))
+    assert {m.label for m in at.metric} >= {"Iterations", "Oscillation period"}
+    heat = at.get(CHARTS)[0].spec if hasattr(at.get(CHARTS)[0], "spec") else None
+    assert len(at.get(CHARTS)) >= 3
+    if heat:
+        assert '"model"' in str(heat)
+    assert any("changed by" in m for m in _texts(at.markdown))  # the chip legend names both models
+    at.switch_page("pages/fingerprints.py").run()
+    _ok(at)
+    labels = {m.label for m in at.metric}
+    assert {"Jensen-Shannon divergence", "Overlap"} <= labels
+    assert at.selectbox(key="fp_left").value.startswith("smollm2-135m in adversarial")
+    assert at.selectbox(key="fp_right").value.startswith("gemma3-270m in adversarial")
+    assert any("Jensen-Shannon divergence" in m for m in _texts(at.markdown))
+    assert len(at.get(CHARTS)) == 1
+
+
+@pytest.mark.slow
+def test_battle_smollm2_vs_qwen_adversarial_single():
+    at = _battle(_app(), "qwen2.5-coder-0.5b", "adversarial-single", 6, 6)
+    assert _texts(at.subheader)[-1].startswith(("Converged", "Oscillating", "Blocked", "Stopped at the iteration limit"))
+    assert len(at.get(CHARTS)) >= 4  # heatmap, flips, the two fingerprints side by side, changes per iteration
+    assert {m.label for m in at.metric} >= {"Changes by smollm2-135m", "Changes by qwen2.5-coder-0.5b"}
+
+
+def test_sweep_runs_a_tiny_grid_with_reference_lines():
+    at = _app("pages/sweep.py")
+    _ok(at)
+    at.multiselect(key="sweep_lengths").set_value([4])
+    at.number_input(key="sweep_seeds").set_value(2)
+    at.number_input(key="sweep_iterations").set_value(5)
+    at.button(key="sweep_run").click().run()
+    _ok(at)
+    assert "2 run(s): sequential · smollm2-135m" in _texts(at.subheader)
+    assert at.metric[0].label == "Converged"
+    charts = at.get(CHARTS)
+    assert len(charts) == 1
+    spec = charts[0].proto.spec
+    assert spec.count('"mark"') == 3 and '"strokeDash"' in spec and '"claim"' in spec  # claims (dashed), mean line, runs
