@@ -14,12 +14,14 @@ import streamlit as st  # noqa: E402
 
 import tokconv  # noqa: E402  (sets up the fast path before MLX is imported)
 from tokconv import models  # noqa: E402
-from ui import engine, frame  # noqa: E402
+from ui import engine, frame, runstore  # noqa: E402
 
 st.set_page_config(page_title="tokconv", page_icon=":material/sync:", layout="wide")
 st.set_option("client.showErrorDetails", "none")  # also in .streamlit/config.toml, for runs from another folder
 
 page = st.navigation(frame.pages())
+if page.url_path != frame.HISTORY:  # History says it itself, every time
+    runstore.show_problem()  # once per session: the run database cannot be used, so runs are not saved
 engine.settle_interrupted()
 sidebar = st.sidebar.container()
 try:
@@ -37,3 +39,4 @@ with sidebar:
         else "No model loaded yet: the first run loads one (seconds; a model's very first use converts it, 10-40 s)."
     )
     st.caption(f"Runs this session: {len(engine.session_runs())}")
+    st.caption(runstore.where())

@@ -41,10 +41,5 @@ if result is not None:
     st.divider()
     if not current:
         st.caption("This is your last battle; the settings above have changed since. Press Run to run them.")
-    by = {m: sum(1 for x in result.steps if x.model == m) for m in result.models}
-    cols = st.columns(4)
-    cols[0].metric("Iterations", result.iterations, help="Turns taken; the models alternate, A first.")
-    cols[1].metric("Oscillation period", result.period or "none", help="How many iterations until the same state (and the same player to move) comes back; 'none' when no cycle was found.")
-    for col, (m, n) in zip(cols[2:], by.items()):
-        col.metric(f"Changes by {m}", n, help="Tokens this model replaced over the whole battle.")
+    views.battle_metrics(result)
     views.run_view(result, f"battle_{engine.run_key(result.config)}", battle=True)

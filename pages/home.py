@@ -58,8 +58,9 @@ if result is not None:
         )
 
 st.subheader("Where next")
-c1, c2, c3, c4 = st.columns(4)
+c1, c2, c3, c4, c5 = st.columns(5)
 c1.page_link("pages/solo.py", label="Solo: one model", icon=":material/person:", help="Run one model in any solo mode with your own settings.")
 c2.page_link("pages/battle.py", label="Battle: two models", icon=":material/compare_arrows:", help="Two models take turns; see who changes what, and their fingerprints.")
 c3.page_link("pages/fingerprints.py", label="Compare fingerprints", icon=":material/fingerprint:", help="Compare what models insert, solo vs under pressure, or model vs model.")
 c4.page_link("pages/sweep.py", label="Sweep seeds and lengths", icon=":material/stacked_line_chart:", help="Iterations to convergence across many runs, against the original's claims.")
+c5.page_link("pages/history.py", label="History: saved runs", icon=":material/history:", help="Every run is saved: filter, reopen, compare, export or delete them.")

@@ -1,22 +1,28 @@
-"""Sweep: iterations to convergence across seeds and lengths, against the original's claims."""
+"""Sweep: iterations to convergence across seeds and lengths, against the original's claims.
+
+The grid runs through ``tokconv.sweep.run_sweep``, as ``tokconv sweep`` does: each run is saved to
+the run store as it finishes, single-mode runs of one length go as one batch, and runs already saved
+are skipped, so running a stopped sweep again resumes it.
+"""
 
 import streamlit as st
 
 from tokconv import charts, frames
 from tokconv.catalog import DEFAULT_MODEL_A, DEFAULT_MODEL_B
-from tokconv.records import MAX_ITERATIONS, MODES, RunConfig
-from ui import controls, engine, frame, views
+from tokconv.records import MAX_ITERATIONS, MODES
+from tokconv.sweep import SweepSpec
+from ui import controls, engine, frame, sweeping, views
 
 frame.inside_frame()
 
 LENGTHS = [2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64]
-KEYS = "sweep_keys"  # session state: the run keys of the latest sweep
 
 views.page_intro(
     "Sweep: how long until it settles?",
     "Run one mode many times, over several start lengths and seeds, and see how many iterations each run takes. "
     "The dashed lines are the original's claims: sequential solo in **2 iterations**, single-token solo in "
-    "**about 2.5 × length**, adversarial-single in **about 3 × length**. Runs go one after another; keep it small at first.",
+    "**about 2.5 × length**, adversarial-single in **about 3 × length**. Each run is saved as it finishes; running "
+    "the same sweep again skips the runs already saved, so a stopped sweep picks up where it left off.",
 )
 
 c1, c2 = st.columns(2)
@@ -34,35 +40,34 @@ n_seeds = c4.number_input("Seeds", 1, 50, 3, key="sweep_seeds", bind="query-para
 first = c5.number_input("First seed", 0, 2**31 - 1, 0, key="sweep_first_seed", bind="query-params", help="The seed of the first start; the others count up from it.")
 iterations = c6.number_input("Max iterations", 1, MAX_ITERATIONS, 100, step=10, key="sweep_iterations", bind="query-params", help="Each run stops here if it has not converged.")
 plan = [(n, seed) for n in sorted(lengths) for seed in range(int(first), int(first) + int(n_seeds))]
-st.caption(f"{len(plan)} run(s). Identical runs made earlier (here or on other pages) are reused.")
+st.caption(f"{len(plan)} run(s). Runs already saved with the same settings (by an earlier sweep, another page or `tokconv sweep`) are skipped.")
+stopped = sweeping.was_cut_short()
 
-if st.button("Run sweep", type="primary", key="sweep_run", disabled=not plan, help="Run every length × seed one after another."):
-    cancel = st.empty()
-    cancel.button("Cancel", key="sweep_cancel", help="Stop after the current step; finished runs stay in the chart.")
-    bar, line = st.progress(0.0), st.empty()
-    keys: list[str] = []
-    st.session_state[KEYS] = keys
-    for i, (n, seed) in enumerate(plan):
-        bar.progress(i / len(plan), text=f"Run {i + 1} of {len(plan)}: length {n}, seed {seed}")
 
-        def config(n=n, seed=seed) -> RunConfig:
-            return RunConfig(mode=mode, model_a=model.spec(), model_b=model_b.spec() if model_b else None, length=n, iterations=int(iterations), seed=seed)
+def spec() -> SweepSpec:
+    return SweepSpec(
+        model=model.spec(), mode=mode, model_b=model_b.spec() if model_b else None, lengths=tuple(sorted(lengths)),
+        seeds=tuple(range(int(first), int(first) + int(n_seeds))), iterations=int(iterations),
+    )
 
-        result = engine.safe_execute(config, "sweep", live=False, tick=line.caption)
-        if result is None:
-            break
-        keys.append(engine.run_key(result.config))
-    bar.progress(1.0, text=f"{len(keys)} of {len(plan)} run(s) done")
-    line.empty()
-    cancel.empty()
 
-runs = [r for r in (engine.find_run(k) for k in st.session_state.get(KEYS, [])) if r is not None]
+if st.button("Run sweep", type="primary", key="sweep_run", disabled=not plan, help="Run every length × seed, skipping runs already saved."):
+    sweeping.run(spec)
+
+last, runs = sweeping.last_sweep(), []
+if last is not None:
+    try:
+        runs = sweeping.grid_runs(last)
+    except Exception as exc:
+        engine.show_error(exc)
+    if stopped and len(runs) < len(last.keys):
+        st.info(f"The sweep was stopped with {len(runs)} of {len(last.keys)} run(s) done. Press Run sweep again to finish it: saved runs are skipped.")
 if runs:
     st.divider()
     sweep = frames.sweep_frame(runs)
     summary = frames.sweep_summary(sweep)
-    first_run = runs[0]
-    st.subheader(f"{len(runs)} run(s): {first_run['mode']} · {' vs '.join(first_run['models'])}")
+    first_run = frames.as_result(runs[0])
+    st.subheader(f"{len(runs)} run(s): {first_run.config.mode} · {' vs '.join(first_run.models)}")
     rates = st.columns(3)
     rates[0].metric("Converged", f"{100 * sweep['converged'].mean():.0f}%", help="Runs that reached a fixed point.")
     rates[1].metric("Oscillating", f"{100 * sweep['oscillating'].mean():.0f}%", help="Runs where a state came back: a cycle that would go on forever.")

@@ -1,18 +1,25 @@
-"""The dashboard driven headless through Streamlit's AppTest: every page, real small runs, errors.
+"""The dashboard driven headless through Streamlit's AppTest: every page, real small runs, errors, the run store.
 
-Models and finished runs are cached per process, so later tests reuse what earlier ones loaded.
+Models and finished runs are cached per process, so later tests reuse what earlier ones loaded. Tests of
+the run store point TOKCONV_DB at a database of their own (the dashboard opens one store per path).
 """
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
-from tiny import constant_lm
+from tiny import constant_lm, run_tiny, successor_lm, table_lm
 
-from tokconv import modes
+from tokconv import models, modes
 from tokconv.experiment import Experiment, collect
+from tokconv.exporting import export_bytes, runs_from_json
 from tokconv.records import RunConfig
+from tokconv.store import RunStore
 
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
@@ -34,6 +41,36 @@ def _ok(at) -> None:
 
 def _texts(elements) -> list[str]:
     return [e.value for e in elements]
+
+
+@pytest.fixture
+def db(monkeypatch, tmp_path) -> Path:
+    """A run database of this test's own, where the dashboard saves (as TOKCONV_DB)."""
+    path = tmp_path / "runs.sqlite"
+    monkeypatch.setenv("TOKCONV_DB", str(path))
+    return path
+
+
+@pytest.fixture
+def tiny_model():
+    """A random bigram model registered under a spec name: pages run it when it is typed in as 'other…'."""
+    lm = table_lm(np.random.default_rng(0).normal(size=(12, 12)) * 2.0, name="tiny-noisy")
+    models._registry[lm.spec] = lm
+    yield lm
+    models._registry.pop(lm.spec, None)
+
+
+def _solo_tiny(at, seed: int):
+    """A Solo run of the tiny model (a seed of the test's own, so that no cached run is reused)."""
+    at.switch_page("pages/solo.py").run()
+    at.selectbox(key="model").set_value("other…").run()
+    at.text_input(key="model_other").input("tiny-noisy").run()
+    at.selectbox(key="mode").set_value("single").run()
+    at.number_input(key="length").set_value(5)
+    at.number_input(key="seed").set_value(seed)
+    at.button(key="solo_run").click().run()
+    _ok(at)
+    return at
 
 
 def test_home_explains_the_experiment_and_runs_the_example():
@@ -98,7 +135,7 @@ def test_other_model_with_nothing_typed_is_an_error_not_a_crash():
     assert "no model is typed in" in _texts(at.error)[0]
 
 
-def test_a_run_cut_short_is_shown_as_interrupted():
+def test_a_run_cut_short_is_shown_as_interrupted_and_saved_so(db):
     # What the engine keeps while a run streams; a rerun (Cancel, Stop or any widget change) ends it there.
     lm = constant_lm(1, name="A")
     config = RunConfig(mode="single", model_a="smollm2-135m", length=4, seed=12345)
@@ -116,6 +153,8 @@ def test_a_run_cut_short_is_shown_as_interrupted():
     at.run()
     _ok(at)
     assert "Interrupted after 2 iterations; below is how far it got." in _texts(at.subheader)
+    [row] = RunStore(db).list()  # saved whole, once, with its status
+    assert (row.status, row.seed, row.iterations) == ("interrupted", 12345, 2)
     at.switch_page("pages/fingerprints.py").run()
     _ok(at)
     assert "Run something first" in _texts(at.info)[0]  # one interrupted solo run: only one fingerprint
@@ -195,3 +234,132 @@ def test_sweep_runs_a_tiny_grid_with_reference_lines():
     assert len(charts) == 1
     spec = charts[0].proto.spec
     assert spec.count('"mark"') == 3 and '"strokeDash"' in spec and '"claim"' in spec  # claims (dashed), mean line, runs
+
+
+def test_every_run_made_in_the_dashboard_is_saved(db, tiny_model):
+    at = _solo_tiny(_app(), seed=101)
+    [row] = RunStore(db).list()
+    assert (row.mode, row.model_a, row.length, row.seed) == ("single", "tiny-noisy", 5, 101)
+    assert row.status != "interrupted"
+    assert at.status[0].label.endswith(f"Saved as run #{row.id}.")
+    assert any(c.startswith("Runs are saved to") and str(db) in c for c in _texts(at.sidebar.caption))
+
+
+def _saved_runs(db: Path) -> tuple[int, int]:
+    """A solo run and a battle of the tiny models, saved beforehand: their ids."""
+    store = RunStore(db)
+    solo = store.save(run_tiny("sequential", [successor_lm()], [1, 1, 1]))
+    battle = store.save(run_tiny("adversarial-single", [constant_lm(1, name="A"), constant_lm(2, name="B")], [0, 0, 0]))
+    return solo, battle
+
+
+def test_history_lists_filters_opens_and_compares_saved_runs(db):
+    solo, battle = _saved_runs(db)
+    at = _app("pages/history.py")
+    _ok(at)
+    assert list(at.dataframe[0].value["run"]) == [battle, solo]  # newest first
+    # the newest run opens by default, a battle in the Battle view; the comparison starts with its two sides
+    assert at.selectbox(key="hist_open").value == battle
+    assert {"Iterations", "Oscillation period", "Changes by A", "Changes by B"} <= {m.label for m in at.metric}
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Jensen-Shannon divergence"] == "1.00 bits" and metrics["Overlap"] == "0%"
+    at.selectbox(key="hist_open").set_value(solo).run()
+    _ok(at)
+    assert "Converged after 2 iterations." in _texts(at.subheader)
+    assert "Changes by A" not in {m.label for m in at.metric}  # the Solo view
+    # a group on the left: the battle's A plus the solo run, against the battle's B
+    at.multiselect(key="hist_left").set_value([f"{battle}:0", f"{solo}:0"]).run()
+    _ok(at)
+    assert "2 fingerprints added up" in _texts(at.caption)
+    at.selectbox(key="hist_mode").set_value("sequential").run()
+    _ok(at)
+    assert list(at.dataframe[0].value["run"]) == [solo]
+    at.selectbox(key="hist_mode").set_value(None).run()
+    at.selectbox(key="hist_status").set_value("all-blocked").run()
+    assert list(at.dataframe[0].value["run"]) == [battle]
+
+
+def test_history_exports_and_deletes_selected_runs(db):
+    solo, battle = _saved_runs(db)
+    at = _app("pages/history.py")
+    at.button(key="hist_all").click().run()
+    _ok(at)
+    assert at.multiselect(key="hist_selected").value == [battle, solo]
+    assert {"JSON", "CSV", "Parquet"} <= {b.label for b in at.get("download_button")}
+    # what the buttons download: tokconv.exporting's files of the selected runs
+    store = RunStore(db)
+    runs = {i: store.get(i) for i in (battle, solo)}
+    assert [r.to_dict() for r in runs_from_json(export_bytes(runs, "json"), "export")] == [r.to_dict() for r in runs.values()]
+    steps = pd.read_parquet(io.BytesIO(export_bytes(runs, "parquet")))
+    assert len(steps) == sum(len(r.steps) for r in runs.values())
+    # delete the battle: nothing happens before the box is ticked
+    at.multiselect(key="hist_selected").set_value([battle]).run()
+    assert at.button(key="hist_delete").disabled
+    at.checkbox(key=f"hist_confirm_{battle}").check().run()
+    at.button(key="hist_delete").click().run()
+    _ok(at)
+    assert f"Deleted 1 run(s): #{battle}." in _texts(at.success)
+    assert [r.id for r in store.list()] == [solo]
+    assert list(at.dataframe[0].value["run"]) == [solo]
+    assert at.multiselect(key="hist_selected").value == []
+
+
+def test_history_imports_a_json_file_and_refuses_a_bad_one(db, tmp_path):
+    elsewhere = RunStore(tmp_path / "elsewhere.sqlite")
+    ids = [elsewhere.save(run_tiny("sequential", [successor_lm()], [s, s, s])) for s in (1, 2)]
+    exported = export_bytes({i: elsewhere.get(i) for i in ids}, "json")
+    at = _app("pages/history.py")
+    _ok(at)
+    assert "No saved runs yet" in _texts(at.info)[0]
+    at.file_uploader(key="hist_import").set_value([
+        ("runs.json", exported, "application/json"),
+        ("notes.json", json.dumps({"hello": "world"}).encode(), "application/json"),
+    ]).run()
+    _ok(at)
+    assert any(t.startswith("Imported 2 run(s) from runs.json as #") for t in _texts(at.success))
+    assert "notes.json was not imported: this run file has schema version None" in _texts(at.error)[0]
+    assert len(at.dataframe[0].value) == 2
+    at.run()  # a later script run imports nothing again
+    assert len(RunStore(db).list()) == 2 and not at.success
+
+
+def test_a_corrupt_database_is_reported_once_and_left_untouched(db, tiny_model):
+    garbage = b"these are not the runs you are looking for\n" * 100
+    db.write_bytes(garbage)
+    at = _app()
+    _ok(at)
+    assert "Runs are not being saved" in _texts(at.error)[0] and "is not a tokconv run database" in _texts(at.error)[0]
+    assert "move that file away" in _texts(at.info)[0]
+    assert any(c.startswith("Runs are not saved") for c in _texts(at.sidebar.caption))
+    _solo_tiny(at, seed=202)  # the dashboard works as before, without saving
+    assert at.subheader and not at.error  # the problem was said once, not on every page
+    at.switch_page("pages/history.py").run()
+    _ok(at)
+    assert "is not a tokconv run database" in _texts(at.error)[0]  # History says why it has nothing
+    assert not at.dataframe
+    assert db.read_bytes() == garbage
+
+
+def test_sweep_saves_its_runs_and_a_second_identical_sweep_skips_them(db, tiny_model):
+    at = _app("pages/sweep.py")
+    at.selectbox(key="sweep_mode").set_value("single").run()
+    at.selectbox(key="sweep_model").set_value("other…").run()
+    at.text_input(key="sweep_model_other").input("tiny-noisy").run()
+    at.multiselect(key="sweep_lengths").set_value([4, 6])
+    at.number_input(key="sweep_seeds").set_value(2)
+    at.number_input(key="sweep_iterations").set_value(40)
+    at.button(key="sweep_run").click().run()
+    _ok(at)
+    store = RunStore(db)
+    rows = store.list()
+    assert sorted((r.length, r.seed) for r in rows) == [(4, 0), (4, 1), (6, 0), (6, 1)]
+    assert all(store.get(r.id).cost["batched_rows"] == 2 for r in rows)  # single-mode runs of one length, batched
+    bar = at.get("progress")[0]
+    assert bar.value == 100 and bar.text == "All 4 run(s) done."
+    assert "4 run(s): single · tiny-noisy" in _texts(at.subheader)
+    at.button(key="sweep_run").click().run()
+    _ok(at)
+    assert "4 run(s) already saved, skipped." in _texts(at.info)
+    assert len(store.list()) == 4
+    assert "4 run(s): single · tiny-noisy" in _texts(at.subheader)  # the chart shows the saved runs
+    assert len(at.get(CHARTS)) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from .errors import TokconvError
@@ -40,16 +41,33 @@ def export_runs(runs: dict[int, RunResult], fmt: str, output: Path) -> None:
         raise TokconvError(f"unknown export format '{fmt}'", "use json, csv or parquet")
 
 
+def export_bytes(runs: dict[int, RunResult], fmt: str) -> bytes:
+    """The bytes :func:`export_runs` writes, for a download button."""
+    with tempfile.TemporaryDirectory(prefix="tokconv-export-") as tmp:
+        output = Path(tmp) / f"runs.{fmt}"
+        export_runs(runs, fmt, output)
+        return output.read_bytes()
+
+
 def read_runs_json(path: Path) -> list[RunResult]:
     """Runs from a JSON file: one run, a list of runs, or ``{"runs": [...]}`` as exported."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_bytes()
     except FileNotFoundError:
         raise TokconvError(f"{path} does not exist", "check the path of the exported JSON file") from None
+    return runs_from_json(text, str(path))
+
+
+def runs_from_json(data: str | bytes, source: str) -> list[RunResult]:
+    """Runs from the text of a JSON run file (``source`` names it in error messages), as :func:`read_runs_json`."""
+    try:
+        if isinstance(data, bytes):
+            data = data.decode("utf-8")
+        parsed = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TokconvError(f"{path} is not a JSON file: {exc}", "pick a file written by `tokconv runs export` or --json") from exc
-    items = data.get("runs", data) if isinstance(data, dict) else data
+        raise TokconvError(f"{source} is not a JSON file: {exc}", "pick a file written by `tokconv runs export` or --json") from exc
+    items = parsed.get("runs", parsed) if isinstance(parsed, dict) else parsed
     items = [items] if isinstance(items, dict) else items
     if not isinstance(items, list):
-        raise TokconvError(f"{path} holds no runs", "pick a file written by `tokconv runs export` or --json")
+        raise TokconvError(f"{source} holds no runs", "pick a file written by `tokconv runs export` or --json")
     return [RunResult.from_dict(d) for d in items]

@@ -223,6 +223,21 @@ class RunStore:
         finally:
             con.close()
 
+    def latest_ids(self, keys: Iterable[str]) -> dict[str, int]:
+        """For each config key that has a finished run, the id of the newest one (a sweep shows skipped runs with this)."""
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, int] = {}
+        con = self._connect()
+        try:
+            for k in range(0, len(keys), 500):  # stay under SQLite's limit on bound parameters
+                chunk = keys[k : k + 500]
+                sql = (f"SELECT config_key, MAX(id) FROM runs WHERE status != 'interrupted' "
+                       f"AND config_key IN ({', '.join('?' * len(chunk))}) GROUP BY config_key")
+                found.update({key: int(rid) for key, rid in con.execute(sql, chunk)})
+        finally:
+            con.close()
+        return found
+
     def import_runs(self, results: Iterable[RunResult]) -> list[int]:
         """Save runs exported elsewhere; returns their new ids."""
         return [self.save(r) for r in results]

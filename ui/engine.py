@@ -5,11 +5,14 @@ session; ``tokconv.models.load`` is itself thread-safe). Finished runs are kept
 twice: in this browser session's list (the Fingerprints page reads it) and in a
 small process-wide cache, so identical settings never run twice.
 
+Every run that is made (not a cached one) is saved to the run store (ui/runstore.py).
+
 Cancelling: Streamlit stops a running script at its next ``st.*`` call when any
 widget changes, so the Cancel button (or Streamlit's own Stop) interrupts the
 run between two model steps. The records streamed so far are kept in session
 state while the run goes on; the next script run turns them into an
-"interrupted" result, so a cancelled run still shows how far it got.
+"interrupted" result, so a cancelled run still shows how far it got; it is saved,
+whole, with that status.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from tokconv.errors import TokconvError
 from tokconv.experiment import collect, fingerprints, prepare
 from tokconv.records import IterationEnd, RunConfig, RunEnd, RunResult, Step
 
+from . import runstore
 from .views import chips_html, status_sentence
 
 RUNS = "runs"  # session state: list of {"key", "origin", "label", "result": RunResult dict}
@@ -154,10 +158,12 @@ def settle_interrupted() -> None:
         fingerprints=fingerprints(steps, partial["labels"]),
     )
     _remember(run_key(config) + "-cut", config, result.to_dict(), partial["origin"])
+    runstore.save(result)
 
 
-def _load_all(config: RunConfig, say: Callable[[str], None]) -> None:
-    for spec in dict.fromkeys(config.models):
+def load_models(specs: list[str], say: Callable[[str], None]) -> None:
+    """Load models through the shared cache, saying what happens (a first use converts the model)."""
+    for spec in dict.fromkeys(specs):
         if spec.strip() in tk_models.loaded_specs():
             load_model(spec)
             continue
@@ -177,7 +183,7 @@ def _stream(config: RunConfig, origin: str, partial: dict[str, Any], live: bool,
     if live:
         cancel.button("Cancel", key=f"{origin}_cancel", help="Stop this run after the current step and show how far it got.")
     say = st.caption if live else (tick or (lambda _m: None))
-    _load_all(config, say)
+    load_models(config.models, say)
     exp = prepare(config)
     partial.update(labels=[p.label for p in exp.players], start_text=exp.start_text, start_tokens=exp.start_tokens)
     line, seq = st.empty(), st.empty()
@@ -223,13 +229,16 @@ def execute(config: RunConfig, origin: str, *, live: bool = True, tick: Callable
         if live:
             box.update(label="This run could not start or failed; see the message below.", state="error", expanded=False)
         raise
-    if live:
-        box.update(label=f"Finished: {status_sentence(result)}", state="complete", expanded=False)
+    # bookkeeping first, with no st.* call in between: a rerun can only cut the script at one
     st.session_state.pop(PARTIAL, None)
     data = result.to_dict()
     _remember(key, config, data, origin)
     if result.status != "interrupted":
         _shared_runs().put(key, data)
+    saved = runstore.save(result)
+    if live:
+        note = f" Saved as run #{saved}." if saved is not None else ""
+        box.update(label=f"Finished: {status_sentence(result)}{note}", state="complete", expanded=False)
     return result
 
 

@@ -27,7 +27,9 @@ PAGES = [  # (file, title, icon)
     ("pages/battle.py", "Battle", ":material/compare_arrows:"),
     ("pages/fingerprints.py", "Fingerprints", ":material/fingerprint:"),
     ("pages/sweep.py", "Sweep", ":material/stacked_line_chart:"),
+    ("pages/history.py", "History", ":material/history:"),
 ]
+HISTORY = "history"  # the History page's URL path
 _local = threading.local()  # each browser session's script runs in its own thread
 
 

@@ -1,14 +1,15 @@
-"""Pieces of the result pages: token chips, the status line, charts with downloads, and the run view."""
+"""Pieces of the result pages: token chips, the status line, charts with downloads, the run view, fingerprint comparison."""
 
 from __future__ import annotations
 
 import html
+import math
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from tokconv import charts, frames
+from tokconv import charts, compare, frames
 from tokconv.commands.run import STATUS_WORDS
 from tokconv.display import token_repr, visible
 from tokconv.records import RunResult
@@ -136,6 +137,40 @@ def run_view(r: RunResult, key: str, *, battle: bool = False) -> None:
         "Download the whole run (JSON)", r.to_json(indent=1).encode(), "tokconv-run.json", "application/json",
         key=f"{key}_json", on_click="ignore", help="Every step and iteration in tokconv's versioned run format (also read by `tokconv report`).",
     )
+
+
+def battle_metrics(r: RunResult) -> None:
+    """A battle's headline numbers: turns, oscillation period, and how many tokens each model changed."""
+    by = {m: sum(1 for x in r.steps if x.model == m) for m in r.models}
+    cols = st.columns(4)
+    cols[0].metric("Iterations", r.iterations, help="Turns taken; the models alternate, A first.")
+    cols[1].metric("Oscillation period", r.period or "none", help="How many iterations until the same state (and the same player to move) comes back; 'none' when no cycle was found.")
+    for col, (m, n) in zip(cols[2:], by.items()):
+        col.metric(f"Changes by {m}", n, help="Tokens this model replaced over the whole battle.")
+
+
+def fingerprint_comparison(p: dict[str, int], q: dict[str, int], left: str, right: str, key: str) -> None:
+    """Two fingerprints side by side: divergence, overlap, shared tokens, a chart and both token tables."""
+    js, common = compare.js_divergence(p, q), compare.overlap(p, q)
+    shared = compare.shared_tokens(p, q)
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Jensen-Shannon divergence", "n/a" if math.isnan(js) else f"{js:.2f} bits", help="0 bits: the same token mix; 1 bit: no token in common. Symmetric.")
+    m2.metric("Overlap", f"{100 * common:.0f}%", help="The share of insertions the two have in common (sum over tokens of the smaller share).")
+    m3.metric("Tokens both inserted", len(shared), help="How many distinct tokens appear in both fingerprints.")
+    st.markdown(compare.describe(js, common))
+    if shared:
+        st.caption("Shared: " + ", ".join(token_repr(t) for t in shared[:12]))
+    table = compare.compare_frame(p, q, ("left", "right"), top=20)
+    chart_block(charts.compare_chart(table), table, "fingerprint_comparison", key)
+    cols = st.columns(2)
+    for col, name, counts in ((cols[0], left, p), (cols[1], right, q)):
+        with col:
+            st.caption(name)
+            total = sum(counts.values()) or 1
+            st.dataframe(
+                [{"token": token_repr(t), "times": n, "share": f"{100 * n / total:.0f}%"} for t, n in counts.items()],
+                hide_index=True, width="stretch",
+            )
 
 
 def fingerprint_view(r: RunResult, ins: pd.DataFrame, key: str, *, battle: bool) -> None:

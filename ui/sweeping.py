@@ -1,0 +1,128 @@
+"""A sweep inside the dashboard: ``tokconv.sweep.run_sweep`` with a progress bar, the time left, Cancel, and the store.
+
+Streamlit stops a script only at an ``st.*`` call. ``run_sweep`` calls ``on_progress``
+after each finished (and already saved) run, where the bar moves; between model
+steps it asks ``should_stop``, where a caption is refreshed now and then, so Cancel
+(or any widget change) stops the sweep within a moment even during a long run.
+The run cut short is not saved, as with ``tokconv sweep``: running the sweep again
+skips every saved run and redoes only that one and those after it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import streamlit as st
+
+from tokconv.records import RunResult
+from tokconv.store import config_key
+from tokconv.sweep import SweepProgress, SweepSpec, run_sweep
+
+from . import engine, runstore
+from .views import status_sentence
+
+LAST = "sweep_last"  # session state: the latest sweep (a SweepState)
+RUNNING = "sweep_running"  # session state: set while a sweep runs; still set on the next script run if it was cut short
+BEAT = 0.5  # seconds between two "still working" captions (each one is a chance for Streamlit to stop the script)
+
+
+@dataclass
+class SweepState:
+    """The latest sweep of this browser session: its grid, and runs kept here when there is no store."""
+
+    keys: list[str]  # config keys of the grid, in order
+    skipped: int = 0
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def last_sweep() -> SweepState | None:
+    return st.session_state.get(LAST)
+
+
+def was_cut_short() -> bool:
+    """Whether the last sweep was stopped part way (call once per script run, before a new sweep starts)."""
+    return bool(st.session_state.pop(RUNNING, False))
+
+
+def time_left(seconds: float | None) -> str:
+    """'about 1 min 20 s left'."""
+    if seconds is None:
+        return "estimating the time left…"
+    s = round(seconds)
+    if s < 60:
+        return f"about {s} s left"
+    if s < 3600:
+        return f"about {s // 60} min {s % 60:02d} s left"
+    return f"about {s // 3600} h {s % 3600 // 60:02d} min left"
+
+
+def progress_text(p: SweepProgress) -> str:
+    skipped = f" ({p.skipped} already saved)" if p.skipped else ""
+    if p.done >= p.total:
+        return f"All {p.total} run(s) done{skipped}."
+    return f"{p.done} of {p.total} run(s) done{skipped} · {time_left(p.eta_seconds)}"
+
+
+def run(spec_fn: Callable[[], SweepSpec]) -> None:
+    """Run the sweep of the page's settings, showing progress; errors are shown, not raised."""
+    try:
+        spec = spec_fn()
+        configs = spec.configs()
+    except Exception as exc:
+        engine.show_error(exc)
+        return
+    state = SweepState([config_key(c) for c in configs])
+    st.session_state[LAST] = state
+    store = runstore.store()
+    cancel = st.empty()
+    cancel.button("Cancel", key="sweep_cancel", help="Stop the sweep. Finished runs are saved and stay in the chart; the run in progress is dropped.")
+    note, bar, line, beat = st.empty(), st.progress(0.0, text=f"0 of {len(configs)} run(s) done"), st.empty(), st.empty()
+    clock = {"start": time.perf_counter(), "beat": 0.0}
+
+    def on_progress(p: SweepProgress) -> None:
+        if p.last is None:  # before the first run: what is skipped, then the models
+            state.skipped = p.skipped
+            if p.skipped:
+                note.info(f"{p.skipped} run(s) already saved, skipped.")
+            if p.skipped < p.total:
+                engine.load_models(configs[0].models, line.caption)
+        else:
+            if store is None:
+                state.runs[config_key(p.last.config)] = p.last.to_dict()
+            r: RunResult = p.last
+            line.caption(f"Latest: length {r.config.length}, seed {r.config.seed}: {status_sentence(r)}")
+        bar.progress(p.done / p.total if p.total else 1.0, text=progress_text(p))
+
+    def keep_responsive() -> bool:
+        now = time.perf_counter()
+        if now - clock["beat"] >= BEAT:
+            clock["beat"] = now
+            beat.caption(f"Working… {now - clock['start']:.0f} s so far.")
+        return False  # Streamlit itself stops the script at the caption above when Cancel is pressed
+
+    st.session_state[RUNNING] = True
+    try:
+        run_sweep(spec, store, on_progress=on_progress, should_stop=keep_responsive)
+    except sqlite3.Error as exc:
+        runstore.forget()
+        st.error(f"A run could not be saved to {store.path if store else 'the run database'} ({exc}); the sweep stopped there.")
+        st.info("Check the disk and the database file, then run the sweep again: the saved runs are skipped.")
+    except Exception as exc:
+        engine.show_error(exc)
+    st.session_state.pop(RUNNING, None)  # not reached when Streamlit stops the script: the next run sees it was cut short
+    cancel.empty()
+    beat.empty()
+
+
+def grid_runs(state: SweepState) -> list[RunResult | dict[str, Any]]:
+    """The runs of the sweep's grid that exist, in grid order: from the store, or kept in the session without one."""
+    found: dict[str, RunResult | dict[str, Any]] = dict(state.runs)
+    store = runstore.store()
+    missing = [k for k in state.keys if k not in found]
+    if store is not None and missing:
+        for key, rid in store.latest_ids(missing).items():
+            found[key] = store.get(rid)
+    return [found[k] for k in state.keys if k in found]
