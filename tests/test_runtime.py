@@ -123,7 +123,7 @@ def test_ld_preloaded_blas_counts_even_after_mlx_import(fresh):
 
 def test_tokconv_blas_names_the_library(fresh):
     out = run_child(PROBE, env={"TOKCONV_BLAS": fresh[0]["provider"], "TOKCONV_CACHE": str(fresh[1])})
-    assert out["blas"].endswith("(TOKCONV_BLAS)") and out["mapped"]
+    assert "(TOKCONV_BLAS)" in out["blas"] and out["mapped"]
 
 
 def test_missing_blas_warning_names_the_fix(monkeypatch):

@@ -175,11 +175,21 @@ def _setup_blas(warnings: list[str]) -> str | None:
             errors.append(f"{label}: {str(exc).strip()[:200]}")
             continue
         if _sgemm_provider():
-            return label
+            return label + _default_blas_threads()
         errors.append(f"{label}: exports no cblas_sgemm")
     fix = "; ".join(errors) or "pip install scipy-openblas32 (needs gcc) or apt-get install libopenblas0-pthread"
     warnings.append(f"no optimized BLAS, matmul ~30x slower: {fix}")
     return None
+
+
+def _default_blas_threads() -> str:
+    """One BLAS thread unless the user chose: OpenBLAS threads spin while they wait, and on two
+    cores shared with anything else (a second browser session, a test run) two spinning threads
+    made a one-token forward 10x slower (1.1 s vs 0.1 s on SmolLM2); batches use CPU streams instead."""
+    if "OPENBLAS_NUM_THREADS" in os.environ:
+        return f", {os.environ['OPENBLAS_NUM_THREADS']} thread(s) (OPENBLAS_NUM_THREADS)"
+    n = int(os.environ.get("TOKCONV_BLAS_THREADS", "1"))
+    return f", {n} thread(s)" if set_blas_threads(n) else ""
 
 
 def _blas_candidates() -> list[tuple[str, Callable[[], object]]]:
