@@ -77,6 +77,26 @@ def _head(logits):
     return _head_fn(logits)
 
 
+def _row_groups(batch: int) -> list[slice]:
+    """Split a batch in two on Linux CPU: MLX runs its non-BLAS ops on one thread per stream,
+    so two streams with one BLAS thread each use both cores (measured 487-534 vs 293 tokens/s
+    at 32 x 20 on SmolLM2's shape). One group elsewhere and for a single sequence."""
+    from . import runtime
+
+    if batch < 2 or runtime.setup().device != "cpu":
+        return [slice(0, batch)]
+    half = (batch + 1) // 2
+    return [slice(0, half), slice(half, batch)]
+
+
+def _streams(n: int) -> list:
+    import mlx.core as mx
+
+    from . import runtime
+
+    return [mx.default_stream(mx.default_device())] if n == 1 else runtime.cpu_streams(n)
+
+
 def validate_tokens(tokens: np.ndarray, vocab_size: int, max_length: int | None = None) -> np.ndarray:
     """Check a batch of token ids; return it as a 2-D int array or raise InvalidTokens."""
     arr = np.asarray(tokens)
@@ -141,7 +161,8 @@ class ScoringSession:
     cost: Cost = field(default_factory=Cost)
     _tokens: np.ndarray | None = None  # (B, L) tokens whose predictions are cached
     _valid: int = 0  # predictions for positions < _valid are current
-    _cache: list | None = None
+    _cache: list | None = None  # one mlx-lm prompt cache per row group
+    _groups: list | None = None
     _argmax: np.ndarray | None = None
     _prob: np.ndarray | None = None
     _entropy: np.ndarray | None = None
@@ -204,25 +225,32 @@ class ScoringSession:
         t0 = time.perf_counter()
         with lm.lock:
             if self._cache is None:
-                self._cache = make_prompt_cache(lm.model)
-            offset = self._cache[0].offset
+                # One KV cache per group of rows; each group runs on its own CPU stream.
+                self._groups = _row_groups(B)
+                self._cache = [make_prompt_cache(lm.model) for _ in self._groups]
+            offset = self._cache[0][0].offset
             if offset > lo:
-                if all(c.is_trimmable() for c in self._cache):
-                    for c in self._cache:
-                        c.trim(c.offset - lo)
+                if all(c.is_trimmable() for cache in self._cache for c in cache):
+                    for cache in self._cache:
+                        for c in cache:
+                            c.trim(c.offset - lo)
                 else:  # e.g. a rotating cache past its window: start over
-                    self._cache = make_prompt_cache(lm.model)
-            lo = self._cache[0].offset
+                    self._cache = [make_prompt_cache(lm.model) for _ in self._groups]
+            lo = self._cache[0][0].offset
             if lo < hi:
                 x = mx.array(inputs[:, lo:hi].astype(np.int32))
-                logits = lm.model(x, cache=self._cache)  # (B, n, V)
-                am, pr, en = _head(logits)
-                mx.eval(am, pr, en)
+                streams = _streams(len(self._groups))
+                outs = []
+                for rows, cache, stream in zip(self._groups, self._cache, streams):
+                    with mx.stream(stream):
+                        outs.append(_head(lm.model(x[rows], cache=cache)))  # logits (b, n, V) -> 3 x (b, n)
+                mx.eval(outs)
                 p0 = lo + 1 - s  # first position these logits predict
                 cols = slice(p0, p0 + (hi - lo))
-                self._argmax[:, cols] = np.array(am)
-                self._prob[:, cols] = np.array(pr)
-                self._entropy[:, cols] = np.array(en)
+                for rows, (am, pr, en) in zip(self._groups, outs):
+                    self._argmax[rows, cols] = np.array(am)
+                    self._prob[rows, cols] = np.array(pr)
+                    self._entropy[rows, cols] = np.array(en)
                 n = B * (hi - lo)
                 step = Cost(1, n, time.perf_counter() - t0)
                 self.cost.add(step)
