@@ -4,7 +4,8 @@ The ``mlx-cpu`` wheel links netlib's reference BLAS (~5 GFLOP/s), JIT-compiles k
 without ``-march`` (scalar ``exp``/``silu``), and glibc unmaps big buffers on every free.
 :func:`setup` fixes all three in-process on Linux CPU (nothing to do on Metal or CUDA).
 Environment: ``TOKCONV_BLAS`` (a library exporting ``cblas_sgemm``), and ``=1`` switches
-``TOKCONV_NO_FAST_BLAS``, ``TOKCONV_NO_JIT_FLAGS``, ``TOKCONV_NO_MALLOC_TUNING``, ``TOKCONV_NO_REEXEC``.
+``TOKCONV_NO_FAST_BLAS``, ``TOKCONV_NO_JIT_FLAGS``, ``TOKCONV_NO_MALLOC_TUNING``, ``TOKCONV_NO_REEXEC``;
+``TOKCONV_BLAS_THREADS`` (default 1; ``OPENBLAS_NUM_THREADS`` wins when set).
 """
 
 from __future__ import annotations
@@ -188,7 +189,8 @@ def _default_blas_threads() -> str:
     made a one-token forward 10x slower (1.1 s vs 0.1 s on SmolLM2); batches use CPU streams instead."""
     if "OPENBLAS_NUM_THREADS" in os.environ:
         return f", {os.environ['OPENBLAS_NUM_THREADS']} thread(s) (OPENBLAS_NUM_THREADS)"
-    n = int(os.environ.get("TOKCONV_BLAS_THREADS", "1"))
+    raw = os.environ.get("TOKCONV_BLAS_THREADS", "1")
+    n = int(raw) if raw.isdigit() and int(raw) > 0 else 1
     return f", {n} thread(s)" if set_blas_threads(n) else ""
 
 
