@@ -8,6 +8,7 @@ server log go to artifacts/.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -163,10 +164,12 @@ def test_solo_then_battle_in_a_real_browser(server, browsers):
     _wait(d, lambda d: "iterations=7" in d.current_url, 30, f"URL not updated: {d.current_url}")
 
     # Cancel stops a long run between two steps and keeps what it did so far
-    d.get(f"{server}/solo?mode=single&length=40&iterations=200&seed=3")
+    # (long enough that a fast engine is still busy when Cancel arrives: ~2.5n single-mode iterations)
+    d.get(f"{server}/solo?mode=single&length=160&iterations=1000&seed=3")
     _wait(d, lambda d: "Runs this session" in _text(d), 60, "the page never appeared")
     _click_button(d, "Run")
-    _wait(d, lambda d: "Iteration 2 of at most 200" in _text(d), message="the run never reported progress")
+    progress = re.compile(r"Iteration \d+ of at most 1000")
+    _wait(d, lambda d: progress.search(_text(d)), message="the run never reported progress")
     _click_button(d, "Cancel")
     _wait(d, lambda d: "Interrupted after" in _text(d), 60, "Cancel did not stop the run")
     _shot(d, "browser-cancelled")
