@@ -159,10 +159,10 @@ def render(results: dict) -> str:
         for shape, m in fast.get("shapes", {}).items():
             s = slow.get("shapes", {}).get(shape, {}).get("seconds")
             t = tor.get("shapes", {}).get(shape, {}).get("seconds")
-            lines.append(
-                f"| {model} | {shape} | {m['seconds']:.3f} | {m['tokens_per_s']:.0f} | {f'{s:.3f}' if s else '-'} | "
-                f"{f'{t:.3f}' if t else '-'} | {f'{t / m['seconds']:.2f}x' if t else '-'} |"
-            )
+            slow_s = f"{s:.3f}" if s else "-"
+            torch_s = f"{t:.3f}" if t else "-"
+            ratio = f"{t / m['seconds']:.2f}x" if t else "-"
+            lines.append(f"| {model} | {shape} | {m['seconds']:.3f} | {m['tokens_per_s']:.0f} | {slow_s} | {torch_s} | {ratio} |")
     lines += ["", "| model | cold load (convert) s | warm load s | peak RSS MB (tokconv) | peak RSS MB (PyTorch) |", "|---|---|---|---|---|"]
     for model, r in results["models"].items():
         lines.append(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import tokconv
 from tokconv.experiment import run
 from tokconv.records import RunConfig, RunResult
 
@@ -58,6 +59,14 @@ def test_battle_across_tokenizers_runs_and_fingerprints_both(smollm2):
     assert set(r.fingerprints) == {"smollm2-135m", "qwen2.5-coder-0.5b"}
     assert sum(r.fingerprints["smollm2-135m"].values()) == sum(1 for s in r.steps if s.model == "smollm2-135m")
     assert RunResult.from_json(r.to_json()).to_dict() == r.to_dict()
+
+
+def test_battle_across_tokenizers_keeps_the_length_bounded(smollm2):
+    """One model's token can be two of the other's; the text must not grow pass after pass."""
+    r = run(RunConfig(mode="adversarial", model_a="smollm2-135m", model_b="qwen2.5-coder-0.5b", length=8, seed=1, iterations=10))
+    qwen_start = len(tokconv.load("qwen2.5-coder-0.5b").encode(r.start_text))
+    for e in r.iterations_log:
+        assert len(e.tokens) <= (8 if e.model_index == 0 else qwen_start)
 
 
 def test_adversarial_sequential_does_not_converge_quickly(smollm2):

@@ -52,14 +52,18 @@ class State:
         self.ids = list(start_ids)
         self.text = players[0].lm.decode(start_ids)
         self._encoded: dict[int, tuple[str, list[int]]] = {}
+        # Across tokenizers one model's token can be two of the other's, so the text could grow
+        # without bound; each model keeps at most as many tokens as the start text has in its own
+        # tokenization (a longer text loses its tail on that model's turn).
+        self.caps = {p.index: max(2, len(p.lm.encode(self.text))) for p in players} if not shared_ids else {}
 
     def ids_for(self, p: Player) -> list[int]:
-        """The sequence in ``p``'s tokenization."""
+        """The sequence in ``p``'s tokenization (capped at its token count of the start text)."""
         if self.shared_ids:
             return list(self.ids)
         cached = self._encoded.get(p.index)
         if cached is None or cached[0] != self.text:
-            cached = (self.text, p.lm.encode(self.text))
+            cached = (self.text, p.lm.encode(self.text)[: self.caps[p.index]])
             self._encoded[p.index] = cached
         return list(cached[1])
 
