@@ -9,6 +9,8 @@ invocation so ratios compare like with like on a noisy machine.
     .venv/bin/python bench/bench_engine.py --models smollm2-135m --shapes 1x20,32x20
 
 Writes bench/results/engine.json and prints a markdown table for BENCHMARKS.md.
+The PyTorch peer runs when torch is installed (bench only, never a tokconv
+dependency): `.venv/bin/pip install torch==2.13.0 accelerate`.
 """
 
 from __future__ import annotations

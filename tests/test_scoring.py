@@ -117,3 +117,28 @@ def test_bad_tokens_get_a_clear_message(tiny_lm, tokens, message):
 def test_too_long_sequence_is_refused(tiny_lm):
     with pytest.raises(InvalidTokens, match="limit of 8"):
         Scorer(tiny_lm, max_length=8).score(np.zeros((1, 9), np.int64))
+
+
+def test_batched_scoring_works_from_several_threads():
+    """The dashboard scores from one thread per browser session; MLX streams are per thread."""
+    import threading
+
+    lm = make_tiny_lm()
+    tokens = np.random.default_rng(3).integers(0, lm.vocab_size, size=(4, 10))
+    expected = Scorer(lm).score(tokens).argmax
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(Scorer(lm).score(tokens).argmax)
+        except Exception as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for r in results:
+        np.testing.assert_array_equal(r, expected)

@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,7 @@ class RuntimeInfo:
 
 
 _info: RuntimeInfo | None = None
-_streams: list[Any] = []
+_thread_streams = threading.local()  # MLX streams belong to the thread that made them
 
 
 def setup() -> RuntimeInfo:
@@ -95,12 +96,17 @@ def use_fp32_weights() -> bool:
 
 
 def cpu_streams(n: int) -> list[Any]:
-    """``n`` CPU streams, created once and reused: each runs MLX's non-BLAS ops on its own thread."""
+    """``n`` CPU streams, created once per calling thread and reused: each runs MLX's non-BLAS ops
+    on its own thread. MLX refuses a stream made in another thread (the dashboard runs each
+    browser session's script in its own thread), hence one set per thread."""
     import mlx.core as mx
 
-    while len(_streams) < n:
-        _streams.append(mx.new_stream(mx.cpu))
-    return _streams[:n]
+    streams = getattr(_thread_streams, "streams", None)
+    if streams is None:
+        streams = _thread_streams.streams = []
+    while len(streams) < n:
+        streams.append(mx.new_stream(mx.cpu))
+    return streams[:n]
 
 
 def set_blas_threads(n: int) -> bool:
