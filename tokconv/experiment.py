@@ -33,17 +33,34 @@ class Experiment:
     start_text: str
 
     def records(self, should_stop: Callable[[], bool] | None = None) -> Iterator[Record]:
-        """Stream the mode's step records, ending with one RunEnd."""
+        """Stream the mode's step records, ending with one RunEnd.
+
+        ``should_stop`` is asked before the first iteration and after each one; a yes ends
+        the run as ``interrupted`` (one place for every mode, rather than in each loop).
+        """
         c, ps = self.config, self.players
         if c.mode == "sequential":
-            return modes.run_sequential(ps[0], self.state, c.iterations, should_stop)
-        if c.mode == "single":
-            return modes.run_single(ps[0], self.state, c.iterations, c.block_after, should_stop)
-        if c.mode == "batch":
-            return modes.run_batch(ps[0], self.state, c.iterations, should_stop)
-        if c.mode == "adversarial":
-            return modes.run_adversarial(ps, self.state, c.iterations, should_stop)
-        return modes.run_adversarial_single(ps, self.state, c.iterations, c.block_after, should_stop)
+            records = modes.run_sequential(ps[0], self.state, c.iterations)
+        elif c.mode == "single":
+            records = modes.run_single(ps[0], self.state, c.iterations, c.block_after)
+        elif c.mode == "batch":
+            records = modes.run_batch(ps[0], self.state, c.iterations)
+        elif c.mode == "adversarial":
+            records = modes.run_adversarial(ps, self.state, c.iterations)
+        else:
+            records = modes.run_adversarial_single(ps, self.state, c.iterations, c.block_after)
+        return records if should_stop is None else self._stoppable(records, should_stop)
+
+    def _stoppable(self, records: Iterator[Record], should_stop: Callable[[], bool]) -> Iterator[Record]:
+        if should_stop():
+            yield RunEnd("interrupted", 0, None, self.state.text)
+            return
+        for rec in records:
+            yield rec
+            if isinstance(rec, IterationEnd) and should_stop():
+                records.close()
+                yield RunEnd("interrupted", rec.iteration, None, self.state.text)
+                return
 
     def cost(self) -> dict[str, float]:
         """Forward passes, forwarded tokens and model seconds, summed over players."""

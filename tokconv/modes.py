@@ -14,7 +14,7 @@ in its steps are indices into its own tokenization of that text.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -22,7 +22,6 @@ from .models import LoadedModel
 from .records import IterationEnd, Record, RunEnd, Step
 from .scoring import Scorer, Scores, ScoringSession
 
-StopFn = Callable[[], bool]
 
 
 @dataclass
@@ -150,16 +149,9 @@ def single_move(p: Player, ids: list[int], iteration: int, block_after: int) -> 
     return None if i is None else apply_single(p, scores, ids, i, iteration, block_after)
 
 
-def _stopped(should_stop: StopFn | None) -> bool:
-    return bool(should_stop and should_stop())
-
-
-def run_sequential(p: Player, state: State, max_iter: int, should_stop: StopFn | None = None) -> Iterator[Record]:
+def run_sequential(p: Player, state: State, max_iter: int) -> Iterator[Record]:
     """Solo greedy passes until a pass changes nothing."""
     for it in range(1, max_iter + 1):
-        if _stopped(should_stop):
-            yield RunEnd("interrupted", it - 1, None, state.text)
-            return
         ids = state.ids_for(p)
         steps = yield from _collect(sequential_pass(p, ids, it))
         state.update(p, ids)
@@ -170,12 +162,9 @@ def run_sequential(p: Player, state: State, max_iter: int, should_stop: StopFn |
     yield RunEnd("max-iterations", max_iter, None, state.text)
 
 
-def run_single(p: Player, state: State, max_iter: int, block_after: int, should_stop: StopFn | None = None) -> Iterator[Record]:
+def run_single(p: Player, state: State, max_iter: int, block_after: int) -> Iterator[Record]:
     """Solo: one highest-entropy replacement per iteration, with blocking."""
     for it in range(1, max_iter + 1):
-        if _stopped(should_stop):
-            yield RunEnd("interrupted", it - 1, None, state.text)
-            return
         ids = state.ids_for(p)
         step = single_move(p, ids, it, block_after)
         if step is not None:
@@ -189,13 +178,10 @@ def run_single(p: Player, state: State, max_iter: int, block_after: int, should_
     yield RunEnd("max-iterations", max_iter, None, state.text)
 
 
-def run_batch(p: Player, state: State, max_iter: int, should_stop: StopFn | None = None) -> Iterator[Record]:
+def run_batch(p: Player, state: State, max_iter: int) -> Iterator[Record]:
     """Solo Jacobi iteration: every mismatch replaced at once from one scoring; cycles detected."""
     seen = {state.key(): 0}
     for it in range(1, max_iter + 1):
-        if _stopped(should_stop):
-            yield RunEnd("interrupted", it - 1, None, state.text)
-            return
         ids = state.ids_for(p)
         scores, pos = mismatches(p, ids)
         for i in pos:
@@ -214,14 +200,11 @@ def run_batch(p: Player, state: State, max_iter: int, should_stop: StopFn | None
     yield RunEnd("max-iterations", max_iter, None, state.text)
 
 
-def run_adversarial(players: list[Player], state: State, max_iter: int, should_stop: StopFn | None = None) -> Iterator[Record]:
+def run_adversarial(players: list[Player], state: State, max_iter: int) -> Iterator[Record]:
     """Two models alternate full sequential passes; converged when a full round changes nothing."""
     seen = {(state.key(), 0): 0}
     quiet = 0  # consecutive passes that changed nothing
     for it in range(1, max_iter + 1):
-        if _stopped(should_stop):
-            yield RunEnd("interrupted", it - 1, None, state.text)
-            return
         p = players[(it - 1) % 2]
         ids = state.ids_for(p)
         steps = yield from _collect(sequential_pass(p, ids, it))
@@ -240,7 +223,7 @@ def run_adversarial(players: list[Player], state: State, max_iter: int, should_s
 
 
 def run_adversarial_single(
-    players: list[Player], state: State, max_iter: int, block_after: int, should_stop: StopFn | None = None
+    players: list[Player], state: State, max_iter: int, block_after: int
 ) -> Iterator[Record]:
     """Two models alternate single replacements with blocking; ends when neither can move."""
     shared = state.shared_ids
@@ -248,9 +231,6 @@ def run_adversarial_single(
         players[1].flips, players[1].blocked = players[0].flips, players[0].blocked
     idle = 0  # consecutive turns without a move
     for it in range(1, max_iter + 1):
-        if _stopped(should_stop):
-            yield RunEnd("interrupted", it - 1, None, state.text)
-            return
         p = players[(it - 1) % 2]
         ids = state.ids_for(p)
         step = single_move(p, ids, it, block_after)
