@@ -215,6 +215,10 @@ def load(spec: str, progress: ProgressFn | None = None) -> LoadedModel:
             progress(f"Loading {facts['name']} into memory")
         import mlx_lm
 
+        if runtime.setup().fast_exp:
+            from . import fastmath
+
+            fastmath.install()
         try:
             model, tokenizer = mlx_lm.load(str(path))
         except TokconvError:

@@ -4,7 +4,8 @@ The ``mlx-cpu`` wheel links netlib's reference BLAS (~5 GFLOP/s), JIT-compiles k
 without ``-march`` (scalar ``exp``/``silu``), and glibc unmaps big buffers on every free.
 :func:`setup` fixes all three in-process on Linux CPU (nothing to do on Metal or CUDA).
 Environment: ``TOKCONV_BLAS`` (a library exporting ``cblas_sgemm``), and ``=1`` switches
-``TOKCONV_NO_FAST_BLAS``, ``TOKCONV_NO_JIT_FLAGS``, ``TOKCONV_NO_MALLOC_TUNING``, ``TOKCONV_NO_REEXEC``;
+``TOKCONV_NO_FAST_BLAS``, ``TOKCONV_NO_JIT_FLAGS``, ``TOKCONV_NO_MALLOC_TUNING``, ``TOKCONV_NO_REEXEC``,
+``TOKCONV_NO_FAST_EXP`` (MLX's scalar ``exp`` kernels instead of :mod:`tokconv.fastmath`);
 ``TOKCONV_BLAS_THREADS`` (default 1; ``OPENBLAS_NUM_THREADS`` wins when set).
 """
 
@@ -64,13 +65,15 @@ class RuntimeInfo:
     compiler_flags: bool  # the g++ wrapper is first on PATH for MLX's JIT
     allocator: bool  # glibc keeps big freed buffers (tunables or mallopt)
     warnings: tuple[str, ...] = ()
+    fast_exp: bool = False  # tokconv.fastmath keeps exp in vectorised JIT kernels
 
     def notice(self) -> str:
         """One line for logs and the dashboard: the active path, or what is missing and the fix."""
         if self.device != "cpu":
             return f"tokconv native path: MLX on GPU ({self.blas}), quantized weights"
         parts = [self.blas or "reference BLAS"]
-        parts += ["tuned JIT flags"] * self.compiler_flags + ["malloc tuned"] * self.allocator
+        parts += ["tuned JIT flags"] * self.compiler_flags + ["vectorised exp"] * self.fast_exp
+        parts += ["malloc tuned"] * self.allocator
         head = "tokconv CPU path: " if self.warnings else "tokconv fast path: "
         return head + ", ".join([*parts, "fp32 weights"]) + "".join(f" | {w}" for w in self.warnings)
 
@@ -147,7 +150,7 @@ def _setup() -> RuntimeInfo:
         except Exception as exc:  # noqa: BLE001  (one failed step must not hide what the others did)
             done.append(fallback)
             warnings.append(f"{step.__name__[7:]} setup failed: {exc!r}")
-    return RuntimeInfo("cpu", *done, tuple(warnings))
+    return RuntimeInfo("cpu", *done, tuple(warnings), fast_exp=os.environ.get("TOKCONV_NO_FAST_EXP") != "1")
 
 
 def _native_device() -> tuple[str, str | None]:

@@ -54,26 +54,27 @@ _head_fn = None
 
 
 def _head(logits):
-    """argmax, its probability and the entropy from logits (B, n, V), fused by mx.compile.
+    """argmax, its probability and the entropy from logits (B, n, V); only (B, n) arrays leave the model.
 
-    Written as H = log S + sum(e * (m - x)) / S with e = exp(x - m): every op feeds
-    one consumer, so the compiled kernel fuses (3.5x faster on CPU than the
-    textbook -sum(p log p)), and only (B, n) arrays ever leave the model.
+    On Linux CPU the version from :mod:`tokconv.fastmath` keeps ``exp`` vectorised (3x faster
+    over SmolLM2's 49,152-token vocabulary); elsewhere the textbook form.
     """
     global _head_fn
     if _head_fn is None:
         import mlx.core as mx
 
-        def head(x):
-            x = x.astype(mx.float32)
-            m = mx.max(x, axis=-1, keepdims=True)
-            d = x - m
-            e = mx.exp(d)
-            s = mx.sum(e, axis=-1)
-            ent = mx.log(s) - mx.sum(e * d, axis=-1) / s
-            return mx.argmax(x, axis=-1), 1.0 / s, ent
+        from . import runtime
 
-        _head_fn = mx.compile(head)
+        if runtime.setup().fast_exp:
+            from .fastmath import entropy_head as _head_fn
+        else:
+
+            @mx.compile
+            def _head_fn(x):
+                x = x.astype(mx.float32)
+                lp = x - mx.logsumexp(x, axis=-1, keepdims=True)
+                return mx.argmax(x, axis=-1), mx.exp(mx.max(lp, axis=-1)), -mx.sum(mx.exp(lp) * lp, axis=-1)
+
     return _head_fn(logits)
 
 

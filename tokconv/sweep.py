@@ -1,9 +1,10 @@
 """Sweeps: a grid of models x modes x lengths x seeds, saved to the store as runs finish.
 
 Independent ``single``-mode runs of one model and length are run in lockstep
-as one batch: every iteration scores all of their sequences in one forward
-pass (shared KV cache), and each row then makes exactly the move it would make
-alone, so the results are the same as one-by-one runs. A stopped sweep
+as one batch: every iteration re-scores the rows that changed, each from its own
+change, in as few forward passes as pay off (:mod:`tokconv.rowscoring`), and each
+row then makes exactly the move it would make alone, so the results are the same
+as one-by-one runs. A stopped sweep
 resumes without redoing finished runs (their settings are already in the store).
 """
 
@@ -21,6 +22,7 @@ from .errors import TokconvError
 from .experiment import Experiment, collect, run
 from .models import LoadedModel, load
 from .records import ADVERSARIAL_MODES, IterationEnd, Record, RunConfig, RunEnd, RunResult
+from .rowscoring import RowSession, supported
 from .scoring import Scorer
 from .store import RunStore, config_key
 from .vocab import random_tokens
@@ -72,7 +74,8 @@ def run_single_batch(lm: LoadedModel, configs: list[RunConfig], should_stop: Cal
     tokens = np.array(starts, dtype=np.int64)  # (B, L)
     players = [modes.Player(lm, 0, lm.name) for _ in configs]
     records: list[list[Record]] = [[] for _ in configs]
-    session = Scorer(lm).session()
+    # Rows re-forwarded from their own changes; a shared-offset session where a layer's cache can't be split.
+    session = RowSession(Scorer(lm)) if supported(lm, configs[0].length) else Scorer(lm).session()
     active = list(range(len(configs)))
     it = 0
     while active:

@@ -1,0 +1,190 @@
+"""Scoring many independent sequences together, each re-forwarded only from its own change.
+
+:class:`~tokconv.scoring.ScoringSession` keeps one KV cache for a whole batch,
+so one offset for every row: after row 3 changes position 2 and row 7 changes
+position 15, both are re-forwarded from position 2, and rows that finished long
+ago are forwarded again with them. A lockstep sweep of 64 single-mode runs spent
+most of its time there.
+
+:class:`RowSession` keeps each row's keys and values separately (one array per
+layer, rows on the first axis). On every call it finds each row's first change,
+sorts the changed rows by it and cuts them into groups, trading one more model
+call per group against the tokens a group re-forwards for its earliest row
+(dynamic programming over the sorted rows). Each group gathers its rows' cached
+prefixes into an ordinary mlx-lm ``KVCache``, runs one forward from its offset
+and scatters the new keys and values back. Unchanged rows are not forwarded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .models import LoadedModel
+from .scoring import Cost, Scorer, Scores, _head, _row_groups, _streams
+
+# One model call costs about as much as this many extra forwarded tokens
+# (SmolLM2 on 2 CPU cores: ~100 ms per call, ~2.2 ms per token at batch size).
+CALL_COST_TOKENS = 40
+
+
+def supported(lm: LoadedModel, length: int) -> bool:
+    """True when every layer's cache can be a plain ``KVCache`` for ``length`` tokens.
+
+    Sliding-window layers (Gemma 3) use a rotating cache; it behaves like a plain
+    one until the window is full, so short sequences qualify.
+    """
+    from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
+
+    inputs = length + (1 if lm.bos_id is not None else 0)
+    for c in make_prompt_cache(lm.model):
+        if type(c) is KVCache:
+            continue
+        if type(c) is RotatingKVCache and c.max_size >= inputs:
+            continue
+        return False
+    return True
+
+
+def plan_groups(starts: np.ndarray, end: int, call_cost: float = CALL_COST_TOKENS) -> list[np.ndarray]:
+    """Cut rows into forward groups: ``starts[r]`` is row r's first input to forward, ``end`` the
+    exclusive end for all. Minimises sum over groups of ``call_cost + rows * (end - min start)``."""
+    order = np.argsort(starts, kind="stable")
+    s = starts[order]
+    n = len(s)
+    best = np.full(n + 1, np.inf)
+    best[n] = 0.0
+    cut = np.zeros(n + 1, dtype=np.int64)
+    # best[j]: cheapest way to forward rows order[j:]; a group order[j:k] starts at s[j] (the smallest).
+    for j in range(n - 1, -1, -1):
+        for k in range(j + 1, n + 1):
+            c = call_cost + (k - j) * (end - s[j]) + best[k]
+            if c < best[j]:
+                best[j], cut[j] = c, k
+    groups, j = [], 0
+    while j < n:
+        groups.append(order[j : cut[j]])
+        j = cut[j]
+    return groups
+
+
+@dataclass
+class RowSession:
+    """Re-scores a batch of independent equal-length sequences row by row (same results as
+    :class:`~tokconv.scoring.ScoringSession`, fewer tokens forwarded)."""
+
+    scorer: Scorer
+    call_cost: float = CALL_COST_TOKENS
+    cost: Cost = field(default_factory=Cost)
+    _tokens: np.ndarray | None = None
+    _keys: list | None = None  # per layer (B, heads, T, dim)
+    _values: list | None = None
+    _argmax: np.ndarray | None = None
+    _prob: np.ndarray | None = None
+    _entropy: np.ndarray | None = None
+
+    @property
+    def shift(self) -> int:
+        """1 when a BOS token precedes the sequence, else 0."""
+        return 1 if self.scorer.bos_id is not None else 0
+
+    def score(self, tokens) -> Scores:
+        """Scores for ``tokens`` (B, L); rows that did not change since the last call are not forwarded."""
+        tokens = self.scorer.validate(tokens)
+        B, L = tokens.shape
+        s = self.shift
+        end = L - 1 + s  # inputs forwarded: all but the last token (it predicts nothing we need)
+        if self._tokens is None or self._tokens.shape != tokens.shape:
+            self._tokens = None
+            self._keys = self._values = None
+            self._argmax = np.full((B, L), -1, np.int64)
+            self._prob = np.full((B, L), np.nan, np.float32)
+            self._entropy = np.full((B, L), np.nan, np.float32)
+            starts = np.zeros(B, dtype=np.int64)
+        else:
+            changed = self._tokens != tokens
+            first = np.where(changed.any(axis=1), changed.argmax(axis=1), L)
+            # A change at position c changes the predictions after c: forward from input c + s.
+            starts = first + s
+        self._tokens = tokens.copy()
+        need = np.nonzero(starts < end)[0]
+        if need.size:
+            self._forward(tokens, need, starts[need], end)
+        return Scores(self._argmax.copy(), self._prob.copy(), self._entropy.copy())
+
+    def _schedule(self, rows: np.ndarray, starts: np.ndarray, end: int) -> list[tuple[np.ndarray, int, object]]:
+        """Model calls to make, as (rows, first input, stream), heaviest first.
+
+        On Linux CPU two streams run at once (see scoring._row_groups). Whole groups go to
+        the less loaded stream; a group heavier than all the others together is split in
+        two halves instead, one per stream. Small calls are bound by reading the weights,
+        so splitting every group would double that cost for little gain.
+        """
+        n_streams = len(_row_groups(2))
+        jobs = []  # (work, rows, lo)
+        for members in plan_groups(starts, end, self.call_cost):
+            group, lo = rows[members], int(starts[members].min())
+            jobs.append((self.call_cost + len(group) * (end - lo), group, lo))
+        total = sum(j[0] for j in jobs)
+        if n_streams > 1:
+            heavy = max(jobs, key=lambda j: j[0])
+            if heavy[0] > total / 2 and len(heavy[1]) > 1:
+                jobs.remove(heavy)
+                for half in np.array_split(heavy[1], 2):
+                    jobs.append((self.call_cost + len(half) * (end - heavy[2]), half, heavy[2]))
+        streams = _streams(n_streams)
+        load = [0.0] * n_streams
+        plan = []
+        for work, group, lo in sorted(jobs, key=lambda j: -j[0]):
+            k = load.index(min(load))
+            load[k] += work
+            plan.append((group, lo, streams[k]))
+        return plan
+
+    def _forward(self, tokens: np.ndarray, rows: np.ndarray, starts: np.ndarray, end: int) -> None:
+        import mlx.core as mx
+        from mlx_lm.models.cache import KVCache
+
+        lm, s = self.scorer.lm, self.shift
+        B = tokens.shape[0]
+        inputs = np.concatenate([np.full((B, 1), self.scorer.bos_id, np.int64), tokens], axis=1) if s else tokens
+        t0 = time.perf_counter()
+        tokens_forwarded = 0
+        with lm.lock:
+            jobs = []  # (row ids, first input, caches, head outputs)
+            for part, lo, stream in self._schedule(rows, starts, end):
+                idx = mx.array(part.astype(np.int32))
+                caches = []
+                for layer in range(len(lm.model.layers)):
+                    c = KVCache()
+                    if self._keys is not None:
+                        c.keys = mx.take(self._keys[layer], idx, axis=0)
+                        c.values = mx.take(self._values[layer], idx, axis=0)
+                        c.offset = lo
+                    caches.append(c)
+                x = mx.array(inputs[part, lo:end].astype(np.int32))
+                with mx.stream(stream):
+                    out = _head(lm.model(x, cache=caches))
+                jobs.append((part, lo, caches, out))
+                tokens_forwarded += len(part) * (end - lo)
+            if self._keys is None:
+                k0, v0 = jobs[0][2][0].keys, jobs[0][2][0].values
+                n = len(lm.model.layers)
+                self._keys = [mx.zeros((B, k0.shape[1], end, k0.shape[3]), k0.dtype) for _ in range(n)]
+                self._values = [mx.zeros((B, v0.shape[1], end, v0.shape[3]), v0.dtype) for _ in range(n)]
+            for part, _, caches, _ in jobs:
+                idx = mx.array(part.astype(np.int32))
+                for layer, c in enumerate(caches):
+                    self._keys[layer][idx] = c.keys[:, :, :end]
+                    self._values[layer][idx] = c.values[:, :, :end]
+            mx.eval([j[3] for j in jobs], self._keys, self._values)
+            for part, lo, _, (am, pr, en) in jobs:
+                cols = slice(lo + 1 - s, end + 1 - s)  # positions predicted by inputs lo..end-1
+                self._argmax[part, cols] = np.array(am)
+                self._prob[part, cols] = np.array(pr)
+                self._entropy[part, cols] = np.array(en)
+        step = Cost(len(jobs), tokens_forwarded, time.perf_counter() - t0)
+        self.cost.add(step)
+        self.scorer.cost.add(step)
