@@ -85,23 +85,17 @@ class RowSession:
     _prob: np.ndarray | None = None
     _entropy: np.ndarray | None = None
 
-    @property
-    def shift(self) -> int:
-        """1 when a BOS token precedes the sequence, else 0."""
-        return 1 if self.scorer.bos_id is not None else 0
-
     def score(self, tokens) -> Scores:
         """Scores for ``tokens`` (B, L); rows that did not change since the last call are not forwarded."""
         tokens = self.scorer.validate(tokens)
         B, L = tokens.shape
-        s = self.shift
+        s = self.scorer.shift
         end = L - 1 + s  # inputs forwarded: all but the last token (it predicts nothing we need)
         if self._tokens is None or self._tokens.shape != tokens.shape:
             self._tokens = None
             self._keys = self._values = None
-            self._argmax = np.full((B, L), -1, np.int64)
-            self._prob = np.full((B, L), np.nan, np.float32)
-            self._entropy = np.full((B, L), np.nan, np.float32)
+            blank = self.scorer.blank(B, L)
+            self._argmax, self._prob, self._entropy = blank.argmax, blank.prob, blank.entropy
             starts = np.zeros(B, dtype=np.int64)
         else:
             changed = self._tokens != tokens
@@ -147,7 +141,7 @@ class RowSession:
         import mlx.core as mx
         from mlx_lm.models.cache import KVCache
 
-        lm, s = self.scorer.lm, self.shift
+        lm, s = self.scorer.lm, self.scorer.shift
         B = tokens.shape[0]
         inputs = np.concatenate([np.full((B, 1), self.scorer.bos_id, np.int64), tokens], axis=1) if s else tokens
         t0 = time.perf_counter()

@@ -136,6 +136,16 @@ class Scorer:
         self.max_length = max_length
         self.cost = Cost()
 
+    @property
+    def shift(self) -> int:
+        """1 when a BOS token precedes the sequence, else 0."""
+        return 1 if self.bos_id is not None else 0
+
+    @staticmethod
+    def blank(B: int, L: int) -> Scores:
+        """Scores with no predictions yet (-1 / NaN), to be filled in place by a session."""
+        return Scores(np.full((B, L), -1, np.int64), np.full((B, L), np.nan, np.float32), np.full((B, L), np.nan, np.float32))
+
     def validate(self, tokens) -> np.ndarray:
         """Tokens as a checked (B, L) int array."""
         return validate_tokens(tokens, self.lm.vocab_size, self.max_length)
@@ -171,7 +181,7 @@ class ScoringSession:
     @property
     def shift(self) -> int:
         """1 when a BOS token precedes the sequence, else 0."""
-        return 1 if self.scorer.bos_id is not None else 0
+        return self.scorer.shift
 
     def reset(self) -> None:
         """Forget the cache and the remembered tokens."""
@@ -195,9 +205,8 @@ class ScoringSession:
         stop = L - 1 if upto is None else min(int(upto), L - 1)
         change = self._first_change(tokens)
         if self._tokens is None or self._tokens.shape != tokens.shape:
-            self._argmax = np.full((B, L), -1, np.int64)
-            self._prob = np.full((B, L), np.nan, np.float32)
-            self._entropy = np.full((B, L), np.nan, np.float32)
+            blank = self.scorer.blank(B, L)
+            self._argmax, self._prob, self._entropy = blank.argmax, blank.prob, blank.entropy
             self._cache, self._valid = None, 0
         # A change at position c leaves predictions for positions <= c intact.
         self._valid = min(self._valid, change + 1)
