@@ -72,3 +72,25 @@ def test_real_model_rows_match_independent_sessions(smollm2):
         ref = Scorer(smollm2).score(tokens[r : r + 1])
         np.testing.assert_array_equal(got.argmax[r], ref.argmax[0])
         np.testing.assert_allclose(got.entropy[r], ref.entropy[0], rtol=2e-3, atol=2e-3)
+
+
+def test_calls_split_by_rows_when_logits_would_pass_the_memory_budget(monkeypatch):
+    """A tiny budget forces one row per model call; predictions are unchanged, calls multiply."""
+    from tokconv import scoring
+
+    lm = make_tiny_lm(bos_id=3)
+    rng = np.random.default_rng(4)
+    tokens = rng.integers(0, lm.vocab_size, size=(5, 10))
+    want = Scorer(lm).score(tokens)
+    monkeypatch.setattr(scoring, "LOGITS_BUDGET_BYTES", 1)
+    assert scoring.max_rows(10, lm.vocab_size) == 1
+    shared = Scorer(lm).session()
+    _assert_same(shared.score(tokens), want)
+    assert len(shared._groups) == 5  # one KV cache per row, run in waves of one per stream
+    rows = RowSession(Scorer(lm))
+    _assert_same(rows.score(tokens), want)
+    assert rows.cost.forward_passes == 5
+    tokens[2, 4] = (tokens[2, 4] + 1) % lm.vocab_size
+    tokens[0, 7] = (tokens[0, 7] + 1) % lm.vocab_size
+    _assert_same(rows.score(tokens), Scorer(lm).score(tokens))
+    _assert_same(shared.score(tokens), Scorer(lm).score(tokens))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .models import LoadedModel
-from .scoring import Cost, Scorer, Scores, _head, _row_groups, _streams
+from .scoring import Cost, Scorer, Scores, _head, _n_streams, _streams, max_rows
 
 # One model call costs about as much as this many extra forwarded tokens
 # (SmolLM2 on 2 CPU cores: ~100 ms per call, ~2.2 ms per token at batch size).
@@ -108,34 +108,41 @@ class RowSession:
             self._forward(tokens, need, starts[need], end)
         return Scores(self._argmax.copy(), self._prob.copy(), self._entropy.copy())
 
-    def _schedule(self, rows: np.ndarray, starts: np.ndarray, end: int) -> list[tuple[np.ndarray, int, object]]:
-        """Model calls to make, as (rows, first input, stream), heaviest first.
+    def _schedule(self, rows: np.ndarray, starts: np.ndarray, end: int) -> list[list[tuple[np.ndarray, int, object]]]:
+        """Model calls to make, as waves of (rows, first input, stream) with at most one call per stream.
 
-        On Linux CPU two streams run at once (see scoring._row_groups). Whole groups go to
+        On Linux CPU two streams run at once (see scoring._n_streams). Whole groups go to
         the less loaded stream; a group heavier than all the others together is split in
         two halves instead, one per stream. Small calls are bound by reading the weights,
-        so splitting every group would double that cost for little gain.
+        so splitting every group would double that cost for little gain. A call whose
+        logits would pass scoring.LOGITS_BUDGET_BYTES is split by rows.
         """
-        n_streams = len(_row_groups(2))
+        n_streams = _n_streams()
+        vocab = self.scorer.lm.vocab_size
         jobs = []  # (work, rows, lo)
         for members in plan_groups(starts, end, self.call_cost):
             group, lo = rows[members], int(starts[members].min())
             jobs.append((self.call_cost + len(group) * (end - lo), group, lo))
         total = sum(j[0] for j in jobs)
-        if n_streams > 1:
-            heavy = max(jobs, key=lambda j: j[0])
-            if heavy[0] > total / 2 and len(heavy[1]) > 1:
-                jobs.remove(heavy)
-                for half in np.array_split(heavy[1], 2):
-                    jobs.append((self.call_cost + len(half) * (end - heavy[2]), half, heavy[2]))
-        streams = _streams(n_streams)
+        heavy = max(jobs, key=lambda j: j[0])
+        if n_streams > 1 and heavy[0] > total / 2 and len(heavy[1]) > 1:
+            jobs.remove(heavy)
+            jobs += [(self.call_cost + len(h) * (end - heavy[2]), h, heavy[2]) for h in np.array_split(heavy[1], 2)]
+        split = []
+        for work, group, lo in jobs:
+            pieces = -(-len(group) // max_rows(end - lo, vocab))
+            split += [(self.call_cost + len(p) * (end - lo), p, lo) for p in np.array_split(group, pieces)]
+        queues: list[list] = [[] for _ in range(n_streams)]
         load = [0.0] * n_streams
-        plan = []
-        for work, group, lo in sorted(jobs, key=lambda j: -j[0]):
+        for work, group, lo in sorted(split, key=lambda j: -j[0]):
             k = load.index(min(load))
             load[k] += work
-            plan.append((group, lo, streams[k]))
-        return plan
+            queues[k].append((group, lo))
+        streams = _streams(n_streams)
+        waves = []
+        for w in range(max(len(q) for q in queues)):
+            waves.append([(*q[w], streams[k]) for k, q in enumerate(queues) if w < len(q)])
+        return waves
 
     def _forward(self, tokens: np.ndarray, rows: np.ndarray, starts: np.ndarray, end: int) -> None:
         import mlx.core as mx
@@ -145,40 +152,42 @@ class RowSession:
         B = tokens.shape[0]
         inputs = np.concatenate([np.full((B, 1), self.scorer.bos_id, np.int64), tokens], axis=1) if s else tokens
         t0 = time.perf_counter()
-        tokens_forwarded = 0
+        tokens_forwarded = calls = 0
         with lm.lock:
-            jobs = []  # (row ids, first input, caches, head outputs)
-            for part, lo, stream in self._schedule(rows, starts, end):
-                idx = mx.array(part.astype(np.int32))
-                caches = []
-                for layer in range(len(lm.model.layers)):
-                    c = KVCache()
-                    if self._keys is not None:
-                        c.keys = mx.take(self._keys[layer], idx, axis=0)
-                        c.values = mx.take(self._values[layer], idx, axis=0)
-                        c.offset = lo
-                    caches.append(c)
-                x = mx.array(inputs[part, lo:end].astype(np.int32))
-                with mx.stream(stream):
-                    out = _head(lm.model(x, cache=caches))
-                jobs.append((part, lo, caches, out))
-                tokens_forwarded += len(part) * (end - lo)
-            if self._keys is None:
-                k0, v0 = jobs[0][2][0].keys, jobs[0][2][0].values
-                n = len(lm.model.layers)
-                self._keys = [mx.zeros((B, k0.shape[1], end, k0.shape[3]), k0.dtype) for _ in range(n)]
-                self._values = [mx.zeros((B, v0.shape[1], end, v0.shape[3]), v0.dtype) for _ in range(n)]
-            for part, _, caches, _ in jobs:
-                idx = mx.array(part.astype(np.int32))
-                for layer, c in enumerate(caches):
-                    self._keys[layer][idx] = c.keys[:, :, :end]
-                    self._values[layer][idx] = c.values[:, :, :end]
-            mx.eval([j[3] for j in jobs], self._keys, self._values)
-            for part, lo, _, (am, pr, en) in jobs:
-                cols = slice(lo + 1 - s, end + 1 - s)  # positions predicted by inputs lo..end-1
-                self._argmax[part, cols] = np.array(am)
-                self._prob[part, cols] = np.array(pr)
-                self._entropy[part, cols] = np.array(en)
-        step = Cost(len(jobs), tokens_forwarded, time.perf_counter() - t0)
+            for wave in self._schedule(rows, starts, end):
+                jobs = []  # (row ids, first input, caches, head outputs)
+                for part, lo, stream in wave:
+                    idx = mx.array(part.astype(np.int32))
+                    caches = []
+                    for layer in range(len(lm.model.layers)):
+                        c = KVCache()
+                        if self._keys is not None:
+                            c.keys = mx.take(self._keys[layer], idx, axis=0)
+                            c.values = mx.take(self._values[layer], idx, axis=0)
+                            c.offset = lo
+                        caches.append(c)
+                    x = mx.array(inputs[part, lo:end].astype(np.int32))
+                    with mx.stream(stream):
+                        out = _head(lm.model(x, cache=caches))
+                    jobs.append((part, lo, caches, out))
+                    tokens_forwarded += len(part) * (end - lo)
+                calls += len(jobs)
+                if self._keys is None:  # first call: an empty store (a zero prefix of length 0 is never read)
+                    k0, v0 = jobs[0][2][0].keys, jobs[0][2][0].values
+                    n = len(lm.model.layers)
+                    self._keys = [mx.zeros((B, k0.shape[1], end, k0.shape[3]), k0.dtype) for _ in range(n)]
+                    self._values = [mx.zeros((B, v0.shape[1], end, v0.shape[3]), v0.dtype) for _ in range(n)]
+                for part, _, caches, _ in jobs:
+                    idx = mx.array(part.astype(np.int32))
+                    for layer, c in enumerate(caches):
+                        self._keys[layer][idx] = c.keys[:, :, :end]
+                        self._values[layer][idx] = c.values[:, :, :end]
+                mx.eval([j[3] for j in jobs], self._keys, self._values)
+                for part, lo, _, (am, pr, en) in jobs:
+                    cols = slice(lo + 1 - s, end + 1 - s)  # positions predicted by inputs lo..end-1
+                    self._argmax[part, cols] = np.array(am)
+                    self._prob[part, cols] = np.array(pr)
+                    self._entropy[part, cols] = np.array(en)
+        step = Cost(calls, tokens_forwarded, time.perf_counter() - t0)
         self.cost.add(step)
         self.scorer.cost.add(step)

@@ -78,16 +78,34 @@ def _head(logits):
     return _head_fn(logits)
 
 
-def _row_groups(batch: int) -> list[slice]:
-    """Split a batch in two on Linux CPU: MLX runs its non-BLAS ops on one thread per stream,
-    so two streams with one BLAS thread each use both cores (measured 487-534 vs 293 tokens/s
-    at 32 x 20 on SmolLM2's shape). One group elsewhere and for a single sequence."""
+# Logits and the head's temporaries take ~12 bytes per forwarded token per vocabulary entry.
+# One model call keeps them under this budget by taking fewer rows (unsplit, Qwen's 151,936-token
+# vocabulary at 32 x 256 peaked at 18.5 GB); calls run in waves of one per stream.
+LOGITS_BUDGET_BYTES = 512 << 20
+
+
+def max_rows(n_tokens: int, vocab_size: int) -> int:
+    """How many rows of ``n_tokens`` one model call may take within :data:`LOGITS_BUDGET_BYTES` (>= 1)."""
+    return max(1, LOGITS_BUDGET_BYTES // max(1, 12 * n_tokens * vocab_size))
+
+
+def _n_streams() -> int:
+    """Two CPU streams on CPU: MLX runs its non-BLAS ops on one thread per stream, so two
+    streams with one BLAS thread each use both cores (measured 487-534 vs 293 tokens/s at
+    32 x 20 on SmolLM2's shape). One stream on a GPU."""
     from . import runtime
 
-    if batch < 2 or runtime.setup().device != "cpu":
-        return [slice(0, batch)]
-    half = (batch + 1) // 2
-    return [slice(0, half), slice(half, batch)]
+    return 2 if runtime.setup().device == "cpu" else 1
+
+
+def _row_groups(batch: int, limit: int | None = None) -> list[slice]:
+    """Split a batch into row groups: one per stream (a single sequence stays whole), more when
+    a group would exceed ``limit`` rows."""
+    n = min(batch, _n_streams())
+    if limit:
+        n = max(n, -(-batch // limit))
+    bounds = [round(k * batch / n) for k in range(n + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _streams(n: int) -> list:
@@ -235,8 +253,8 @@ class ScoringSession:
         t0 = time.perf_counter()
         with lm.lock:
             if self._cache is None:
-                # One KV cache per group of rows; each group runs on its own CPU stream.
-                self._groups = _row_groups(B)
+                # One KV cache per group of rows; groups run in waves, one per CPU stream.
+                self._groups = _row_groups(B, max_rows(tokens.shape[1] + s, lm.vocab_size))
                 self._cache = [make_prompt_cache(lm.model) for _ in self._groups]
             offset = self._cache[0][0].offset
             if offset > lo:
@@ -249,18 +267,20 @@ class ScoringSession:
             lo = self._cache[0][0].offset
             if lo < hi:
                 x = mx.array(inputs[:, lo:hi].astype(np.int32))
-                streams = _streams(len(self._groups))
-                outs = []
-                for rows, cache, stream in zip(self._groups, self._cache, streams):
-                    with mx.stream(stream):
-                        outs.append(_head(lm.model(x[rows], cache=cache)))  # logits (b, n, V) -> 3 x (b, n)
-                mx.eval(outs)
+                streams = _streams(min(len(self._groups), _n_streams()))
                 p0 = lo + 1 - s  # first position these logits predict
                 cols = slice(p0, p0 + (hi - lo))
-                for rows, (am, pr, en) in zip(self._groups, outs):
-                    self._argmax[rows, cols] = np.array(am)
-                    self._prob[rows, cols] = np.array(pr)
-                    self._entropy[rows, cols] = np.array(en)
+                for w in range(0, len(self._groups), len(streams)):
+                    wave = list(zip(self._groups[w:], self._cache[w:], streams))
+                    outs = []
+                    for rows, cache, stream in wave:
+                        with mx.stream(stream):
+                            outs.append(_head(lm.model(x[rows], cache=cache)))  # logits (b, n, V) -> 3 x (b, n)
+                    mx.eval(outs)
+                    for (rows, _, _), (am, pr, en) in zip(wave, outs):
+                        self._argmax[rows, cols] = np.array(am)
+                        self._prob[rows, cols] = np.array(pr)
+                        self._entropy[rows, cols] = np.array(en)
                 n = B * (hi - lo)
                 step = Cost(1, n, time.perf_counter() - t0)
                 self.cost.add(step)
