@@ -78,7 +78,10 @@ def install() -> None:
         return
     from mlx_lm.models import base, gemma3_text, llama, qwen2
 
-    _original_attention = base.scaled_dot_product_attention
-    for module in (llama, qwen2, gemma3_text):
-        module.scaled_dot_product_attention = attention
     _installed = True
+    _original_attention = getattr(base, "scaled_dot_product_attention", None)
+    if _original_attention is None:  # an mlx-lm without this hook (requirements pin one with it): stay native
+        return
+    for module in (llama, qwen2, gemma3_text):
+        if hasattr(module, "scaled_dot_product_attention"):
+            module.scaled_dot_product_attention = attention
