@@ -119,24 +119,20 @@ class RowSession:
         """
         n_streams = _n_streams()
         vocab = self.scorer.lm.vocab_size
-        jobs = []  # (work, rows, lo)
-        for members in plan_groups(starts, end, self.call_cost):
-            group, lo = rows[members], int(starts[members].min())
-            jobs.append((self.call_cost + len(group) * (end - lo), group, lo))
-        total = sum(j[0] for j in jobs)
-        heavy = max(jobs, key=lambda j: j[0])
-        if n_streams > 1 and heavy[0] > total / 2 and len(heavy[1]) > 1:
-            jobs.remove(heavy)
-            jobs += [(self.call_cost + len(h) * (end - heavy[2]), h, heavy[2]) for h in np.array_split(heavy[1], 2)]
-        split = []
-        for work, group, lo in jobs:
+        groups = [(rows[m], int(starts[m].min())) for m in plan_groups(starts, end, self.call_cost)]
+        work = [self.call_cost + len(g) * (end - lo) for g, lo in groups]
+        heaviest = int(np.argmax(work))
+        split = []  # (work, rows, lo)
+        for k, (group, lo) in enumerate(groups):
             pieces = -(-len(group) // max_rows(end - lo, vocab))
-            split += [(self.call_cost + len(p) * (end - lo), p, lo) for p in np.array_split(group, pieces)]
+            if k == heaviest and n_streams > 1 and work[k] > sum(work) / 2:
+                pieces = max(pieces, 2)  # one half per stream
+            split += [(self.call_cost + len(p) * (end - lo), p, lo) for p in np.array_split(group, min(pieces, len(group)))]
         queues: list[list] = [[] for _ in range(n_streams)]
         load = [0.0] * n_streams
-        for work, group, lo in sorted(split, key=lambda j: -j[0]):
+        for cost, group, lo in sorted(split, key=lambda j: -j[0]):
             k = load.index(min(load))
-            load[k] += work
+            load[k] += cost
             queues[k].append((group, lo))
         streams = _streams(n_streams)
         waves = []
@@ -150,12 +146,12 @@ class RowSession:
 
         lm, s = self.scorer.lm, self.scorer.shift
         B = tokens.shape[0]
-        inputs = np.concatenate([np.full((B, 1), self.scorer.bos_id, np.int64), tokens], axis=1) if s else tokens
+        inputs = self.scorer.inputs(tokens)
         t0 = time.perf_counter()
         tokens_forwarded = calls = 0
         with lm.lock:
             for wave in self._schedule(rows, starts, end):
-                jobs = []  # (row ids, first input, caches, head outputs)
+                jobs = []  # (row ids, their mx index, first input, caches, head outputs)
                 for part, lo, stream in wave:
                     idx = mx.array(part.astype(np.int32))
                     caches = []
@@ -169,21 +165,20 @@ class RowSession:
                     x = mx.array(inputs[part, lo:end].astype(np.int32))
                     with mx.stream(stream):
                         out = _head(lm.model(x, cache=caches))
-                    jobs.append((part, lo, caches, out))
+                    jobs.append((part, idx, lo, caches, out))
                     tokens_forwarded += len(part) * (end - lo)
                 calls += len(jobs)
                 if self._keys is None:  # first call: an empty store (a zero prefix of length 0 is never read)
-                    k0, v0 = jobs[0][2][0].keys, jobs[0][2][0].values
+                    k0, v0 = jobs[0][3][0].keys, jobs[0][3][0].values
                     n = len(lm.model.layers)
                     self._keys = [mx.zeros((B, k0.shape[1], end, k0.shape[3]), k0.dtype) for _ in range(n)]
                     self._values = [mx.zeros((B, v0.shape[1], end, v0.shape[3]), v0.dtype) for _ in range(n)]
-                for part, _, caches, _ in jobs:
-                    idx = mx.array(part.astype(np.int32))
+                for _, idx, _, caches, _ in jobs:
                     for layer, c in enumerate(caches):
                         self._keys[layer][idx] = c.keys[:, :, :end]
                         self._values[layer][idx] = c.values[:, :, :end]
-                mx.eval([j[3] for j in jobs], self._keys, self._values)
-                for part, lo, _, (am, pr, en) in jobs:
+                mx.eval([j[4] for j in jobs], self._keys, self._values)
+                for part, _, lo, _, (am, pr, en) in jobs:
                     cols = slice(lo + 1 - s, end + 1 - s)  # positions predicted by inputs lo..end-1
                     self._argmax[part, cols] = np.array(am)
                     self._prob[part, cols] = np.array(pr)

@@ -5,7 +5,7 @@ without ``-march`` (scalar ``exp``/``silu``), and glibc unmaps big buffers on ev
 :func:`setup` fixes all three in-process on Linux CPU (nothing to do on Metal or CUDA).
 Environment: ``TOKCONV_BLAS`` (a library exporting ``cblas_sgemm``), and ``=1`` switches
 ``TOKCONV_NO_FAST_BLAS``, ``TOKCONV_NO_JIT_FLAGS``, ``TOKCONV_NO_MALLOC_TUNING``, ``TOKCONV_NO_REEXEC``,
-``TOKCONV_NO_FAST_EXP`` (MLX's scalar ``exp`` kernels instead of :mod:`tokconv.fastmath`);
+``TOKCONV_NO_FAST_EXP`` (mlx-lm's own attention instead of :mod:`tokconv.fastmath`'s);
 ``TOKCONV_BLAS_THREADS`` (default 1; ``OPENBLAS_NUM_THREADS`` wins when set).
 """
 
@@ -65,7 +65,7 @@ class RuntimeInfo:
     compiler_flags: bool  # the g++ wrapper is first on PATH for MLX's JIT
     allocator: bool  # glibc keeps big freed buffers (tunables or mallopt)
     warnings: tuple[str, ...] = ()
-    fast_exp: bool = False  # tokconv.fastmath keeps exp in vectorised JIT kernels
+    fast_exp: bool = False  # mlx-lm attention uses tokconv.fastmath's vectorised softmax
 
     def notice(self) -> str:
         """One line for logs and the dashboard: the active path, or what is missing and the fix."""

@@ -50,32 +50,15 @@ class Cost:
         self.seconds += other.seconds
 
 
-_head_fn = None
-
-
 def _head(logits):
     """argmax, its probability and the entropy from logits (B, n, V); only (B, n) arrays leave the model.
 
-    On Linux CPU the version from :mod:`tokconv.fastmath` keeps ``exp`` vectorised (3x faster
-    over SmolLM2's 49,152-token vocabulary); elsewhere the textbook form.
+    :func:`tokconv.fastmath.entropy_head` (imported here, not at module import: MLX must
+    load after :mod:`tokconv.runtime`) keeps every ``exp`` in a fused kernel, on any device.
     """
-    global _head_fn
-    if _head_fn is None:
-        import mlx.core as mx
+    from .fastmath import entropy_head
 
-        from . import runtime
-
-        if runtime.setup().fast_exp:
-            from .fastmath import entropy_head as _head_fn
-        else:
-
-            @mx.compile
-            def _head_fn(x):
-                x = x.astype(mx.float32)
-                lp = x - mx.logsumexp(x, axis=-1, keepdims=True)
-                return mx.argmax(x, axis=-1), mx.exp(mx.max(lp, axis=-1)), -mx.sum(mx.exp(lp) * lp, axis=-1)
-
-    return _head_fn(logits)
+    return entropy_head(logits)
 
 
 # Logits and the head's temporaries take ~12 bytes per forwarded token per vocabulary entry.
@@ -158,6 +141,12 @@ class Scorer:
     def shift(self) -> int:
         """1 when a BOS token precedes the sequence, else 0."""
         return 1 if self.bos_id is not None else 0
+
+    def inputs(self, tokens: np.ndarray) -> np.ndarray:
+        """What the model reads for ``tokens`` (B, L): the BOS token first when the model uses one."""
+        if self.bos_id is None:
+            return tokens
+        return np.concatenate([np.full((tokens.shape[0], 1), self.bos_id, np.int64), tokens], axis=1)
 
     @staticmethod
     def blank(B: int, L: int) -> Scores:
@@ -243,10 +232,7 @@ class ScoringSession:
 
         lm, s = self.scorer.lm, self.shift
         B = tokens.shape[0]
-        if s:
-            inputs = np.concatenate([np.full((B, 1), self.scorer.bos_id, np.int64), tokens], axis=1)
-        else:
-            inputs = tokens
+        inputs = self.scorer.inputs(tokens)
         # Prediction for position p comes from the logits at input index p - 1 + s.
         lo = max(first - 1 + s, 0)
         hi = stop + s  # exclusive end of the inputs to forward
