@@ -42,3 +42,33 @@ def test_attention_matches_mlx_fused_attention(mask):
     want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=m)
     got = fastmath.attention(q, k, v, None, 0.25, m)
     np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("traditional", [False, True])
+@pytest.mark.parametrize("dims", [64, 32])  # 32: only the first half of each head is rotated
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+def test_table_rope_matches_mlx_rope(traditional, dims, scale):
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    mx.random.seed(2)
+    x = mx.random.normal((2, 3, 7, 64))
+    want, got = nn.RoPE(dims, traditional, 1e5, scale), fastmath.TableRoPE(dims, traditional, 1e5, scale)
+    for offset in (0, 5, 300, 1000):  # 1000 > the first table's 256 rows: the table grows
+        np.testing.assert_allclose(np.array(got(x, offset=offset)), np.array(want(x, offset=offset)), atol=2e-4)
+
+
+def test_use_table_rope_swaps_every_plain_rope_and_keeps_the_outputs():
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from conftest import make_tiny_lm
+
+    model = make_tiny_lm(layers=3).model
+    tokens = mx.array([[3, 1, 4, 1, 5, 9, 2, 6]])
+    before = np.array(model(tokens))
+    n_layers = len(model.model.layers)
+    assert fastmath.use_table_rope(model) == n_layers
+    assert all(isinstance(layer.self_attn.rope, fastmath.TableRoPE) for layer in model.model.layers)
+    assert not any(type(m) is nn.RoPE for _, m in model.named_modules())
+    np.testing.assert_allclose(np.array(model(tokens)), before, rtol=1e-4, atol=1e-4)

@@ -71,13 +71,56 @@ def test_setup_maps_an_optimized_blas_and_matmul_matches_numpy(fresh):
     assert "\n" not in out["notice"]
 
 
-def test_shim_is_built_once_into_the_cache(fresh):
-    out, cache = fresh
+def test_shim_is_built_once_into_the_cache(tmp_path):
+    env = {"TOKCONV_CACHE": str(tmp_path), "TOKCONV_NO_MKL": "1"}  # MKL needs no shim
+    out = run_child(PROBE, env=env)
     if "shim" not in out["blas"]:
         pytest.skip(f"{out['blas']} needs no shim")
-    assert Path(out["provider"]).parent == cache / "runtime"
-    again = run_child(PROBE, env={"TOKCONV_CACHE": str(cache)})
+    assert Path(out["provider"]).parent == tmp_path / "runtime"
+    assert out["matmul_err"] < 1e-3
+    again = run_child(PROBE, env=env)
     assert again["provider"] == out["provider"]
+
+
+def _intel_with_mkl() -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution("mkl")
+    except metadata.PackageNotFoundError:
+        return False
+    return b"GenuineIntel" in runtime._cpu_vendor()
+
+
+@pytest.mark.skipif(not _intel_with_mkl(), reason="MKL is chosen only on Intel CPUs with the mkl wheel")
+def test_mkl_is_chosen_on_intel_and_can_be_switched_off(fresh):
+    out, _ = fresh
+    assert out["blas"].startswith("MKL ") and "libmkl_rt" in out["provider"] and out["mapped"]
+    off = run_child(PROBE, env={"TOKCONV_NO_MKL": "1", "TOKCONV_CACHE": str(fresh[1])})
+    assert "OpenBLAS" in off["blas"] and off["matmul_err"] < 1e-3
+
+
+THREADS = """
+import json
+import tokconv.runtime as rt
+rt.setup()
+import mlx.core as mx
+seen = {}
+for streams in (1, 2, 1):
+    with rt.compute(streams) as n:
+        seen.setdefault(str(streams), []).append([n, rt.get_blas_threads()])
+print(json.dumps(dict(seen=seen, cores=rt.cores(), blas=rt.setup().blas)))
+"""
+
+
+@pytest.mark.parametrize("no_mkl", ["0", "1"])
+def test_compute_gives_one_sequence_every_core_and_each_stream_one(no_mkl, tmp_path):
+    out = run_child(THREADS, env={"TOKCONV_NO_MKL": no_mkl, "TOKCONV_CACHE": str(tmp_path)})
+    cores = out["cores"]
+    assert out["seen"]["1"] == [[cores, cores], [cores, cores]], out
+    assert out["seen"]["2"] == [[max(1, cores // 2)] * 2], out
+    fixed = run_child(THREADS, env={"TOKCONV_NO_MKL": no_mkl, "TOKCONV_CACHE": str(tmp_path), "TOKCONV_BLAS_THREADS": "1"})
+    assert fixed["seen"] == {"1": [[1, 1], [1, 1]], "2": [[1, 1]]} and "1 thread(s) fixed" in fixed["blas"]
 
 
 def test_compiled_kernels_come_from_the_wrapper_into_a_private_dir(fresh):

@@ -39,6 +39,8 @@ _SHIM_SOURCE = Path(__file__).with_name("_blas_shim.c")
 _DEBIAN_OPENBLAS = "/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0"
 _SET_THREADS = ("MKL_Set_Num_Threads", "scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
                 "openblas_set_num_threads")
+_GET_THREADS = ("MKL_Get_Max_Threads", "scipy_openblas_get_num_threads", "scipy_openblas_get_num_threads64_",
+                "openblas_get_num_threads")
 
 # g++ as MLX calls it (`g++ -std=c++17 -O3 ... -shared src.cpp -o lib.so`), plus our flags.
 # Compile and link are split: -ffast-math on gcc < 13's link line adds crtfastmath.o, whose
@@ -168,6 +170,15 @@ def set_blas_threads(n: int) -> bool:
     return setter is not None
 
 
+def get_blas_threads() -> int | None:
+    """The optimized BLAS's current thread count; None when none with a known getter is loaded."""
+    process = ctypes.CDLL(None)
+    for name in _GET_THREADS:
+        if hasattr(process, name):
+            return int(getattr(process, name)())
+    return None
+
+
 def reexec_with_tunables_if_needed(argv: Sequence[str] | None = None) -> None:
     """Restart with :data:`TUNABLES` set, unless set, off Linux, or ``TOKCONV_NO_REEXEC=1``.
 
@@ -288,7 +299,7 @@ def _mkl_library() -> tuple[str, str] | None:
         return None
     for f in dist.files or ():
         if f.name.startswith("libmkl_rt.so"):
-            return str(f.locate()), dist.version
+            return os.path.realpath(f.locate()), dist.version
     return None
 
 

@@ -1,0 +1,62 @@
+"""The CPU scoring head (numpy, in place, chunked over threads) against a float64 reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tokconv  # noqa: F401  (runtime set up before mlx is imported)
+from tokconv import fastmath, head
+
+
+def reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = x.astype(np.float64)
+    p = np.exp(x - x.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return x.argmax(-1), p.max(-1), -(p * np.log(np.clip(p, 1e-300, None))).sum(-1)
+
+
+def logits(shape, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 4).astype(np.float32)
+    x[0, 0, :] = 0.0  # uniform: entropy log(V), probability 1/V
+    x[-1, -1, 7] = 90.0  # one dominant token: entropy ~0, probability ~1
+    return x
+
+
+@pytest.mark.parametrize("chunk_bytes", [head.CHUNK_BYTES, 3 * 4 * 1000 + 8])  # default; 3 rows per chunk
+def test_predict_matches_float64_reference_across_chunks_and_arrays(monkeypatch, chunk_bytes):
+    import mlx.core as mx
+
+    monkeypatch.setattr(head, "CHUNK_BYTES", chunk_bytes)
+    xs = [logits((3, 5, 1000), 0), logits((1, 7, 1000), 1)]  # 15 + 7 rows: uneven shares per core
+    got = head.predict([mx.array(x) for x in xs])
+    for x, (am, pr, en) in zip(xs, got):
+        ram, rpr, ren = reference(x)
+        assert am.shape == pr.shape == en.shape == x.shape[:2]
+        assert am.dtype == np.int64 and pr.dtype == en.dtype == np.float32
+        np.testing.assert_array_equal(am, ram)
+        np.testing.assert_allclose(pr, rpr, rtol=1e-5)
+        np.testing.assert_allclose(en, ren, rtol=1e-4, atol=2e-5)
+    assert got[0][2][0, 0] == pytest.approx(np.log(1000), rel=1e-6)
+    assert got[1][1][-1, -1] == pytest.approx(1.0) and got[1][2][-1, -1] < 1e-6
+
+
+def test_predict_agrees_with_the_mlx_head_and_takes_half_precision():
+    import mlx.core as mx
+
+    x = logits((2, 4, 3000), 3)
+    am, pr, en = head.predict([mx.array(x).astype(mx.float16)])[0]
+    ram, rpr, ren = (np.array(a) for a in fastmath.entropy_head(mx.array(x).astype(mx.float16)))
+    np.testing.assert_array_equal(am, ram)
+    np.testing.assert_allclose(en, ren, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(pr, rpr, rtol=1e-3)
+
+
+def test_predict_leaves_the_logits_unchanged():
+    import mlx.core as mx
+
+    x = logits((2, 3, 500), 4)
+    arr = mx.array(x)
+    head.predict([arr])
+    np.testing.assert_array_equal(np.array(arr), x)
