@@ -106,12 +106,30 @@ def _spawn(kind: str, model: str, shapes: str, env_extra: dict[str, str], timeou
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _median_of(runs: list[dict]) -> dict:
+    """One result from several rounds: median seconds per shape and load time, the highest peak
+    memory, and every round's seconds under ``rounds``."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    out = {"runtime": ok[0].get("runtime"), "load_s": statistics.median(r["load_s"] for r in ok),
+           "peak_rss_mb": max(r["peak_rss_mb"] for r in ok), "shapes": {}}
+    for shape, first in ok[0]["shapes"].items():
+        secs = [r["shapes"][shape]["seconds"] for r in ok]
+        b, l = (int(v) for v in shape.split("x"))
+        med = statistics.median(secs)
+        out["shapes"][shape] = {"seconds": med, "tokens_per_s": b * l / med, "rounds": secs}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2-135m,qwen2.5-coder-0.5b,gemma3-270m")
     ap.add_argument("--shapes", default=DEFAULT_SHAPES, help="BxL list")
     ap.add_argument("--slow-shapes", default="1x20,32x20", help="shapes for the reference-BLAS run (30x slower)")
     ap.add_argument("--worker", choices=["mlx", "torch"], default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=3, help="tokconv/PyTorch rounds, alternating (median kept)")
+    ap.add_argument("--openblas", action="store_true", help="also time tokconv on OpenBLAS (TOKCONV_NO_MKL=1)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "engine.json")
     args = ap.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
@@ -140,10 +158,17 @@ def main() -> None:
         r: dict = {}
         with tempfile.TemporaryDirectory() as cold_cache:  # cold: convert from the GGUF into an empty cache
             r["cold"] = _spawn("mlx", model, "1x20", {"TOKCONV_CACHE": cold_cache})
-        r["fast"] = _spawn("mlx", model, args.shapes, {})  # warm: the converted folder exists now
+        # warm from here on: the converted folder exists now. tokconv and PyTorch alternate, round
+        # after round, so that both see the same slow and fast spells of this shared machine.
+        rounds: dict[str, list] = {"fast": [], "torch": [], "openblas": []}
+        for _ in range(args.rounds):
+            rounds["fast"].append(_spawn("mlx", model, args.shapes, {}))
+            if have_torch:
+                rounds["torch"].append(_spawn("torch", model, args.shapes, {}))
+            if args.openblas:
+                rounds["openblas"].append(_spawn("mlx", model, args.shapes, {"TOKCONV_NO_MKL": "1"}))
+        r.update({k: _median_of(v) for k, v in rounds.items() if v})
         r["reference_blas"] = _spawn("mlx", model, args.slow_shapes, {"TOKCONV_NO_FAST_BLAS": "1"})
-        if have_torch:
-            r["torch"] = _spawn("torch", model, args.shapes, {})
         results["models"][model] = r
         print(json.dumps({model: r}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -155,16 +180,20 @@ def render(results: dict) -> str:
     """Markdown tables of a results dict."""
     g = results["gemm_ceiling"]
     lines = [f"Machine: {results['machine']}; Python {results['python']}.", "", f"GEMM ceiling (same run): `{json.dumps(g)}`", ""]
-    lines += ["| model | shape BxL | tokconv (s) | tok/s | reference BLAS (s) | PyTorch (s) | tokconv vs PyTorch |", "|---|---|---|---|---|---|---|"]
+    lines += ["| model | shape BxL | tokconv (s) | tok/s | tokconv on OpenBLAS (s) | reference BLAS (s) | PyTorch (s) | tokconv vs PyTorch |",
+              "|---|---|---|---|---|---|---|---|"]
+
+    def cell(run: dict, shape: str) -> str:
+        v = run.get("shapes", {}).get(shape, {}).get("seconds")
+        return f"{v:.3f}" if v else "-"
+
     for model, r in results["models"].items():
-        fast, slow, tor = r.get("fast", {}), r.get("reference_blas", {}), r.get("torch", {})
+        fast, tor = r.get("fast", {}), r.get("torch", {})
         for shape, m in fast.get("shapes", {}).items():
-            s = slow.get("shapes", {}).get(shape, {}).get("seconds")
             t = tor.get("shapes", {}).get(shape, {}).get("seconds")
-            slow_s = f"{s:.3f}" if s else "-"
-            torch_s = f"{t:.3f}" if t else "-"
             ratio = f"{t / m['seconds']:.2f}x" if t else "-"
-            lines.append(f"| {model} | {shape} | {m['seconds']:.3f} | {m['tokens_per_s']:.0f} | {slow_s} | {torch_s} | {ratio} |")
+            lines.append(f"| {model} | {shape} | {m['seconds']:.3f} | {m['tokens_per_s']:.0f} | {cell(r.get('openblas', {}), shape)} | "
+                         f"{cell(r.get('reference_blas', {}), shape)} | {cell(tor, shape)} | {ratio} |")
     lines += ["", "| model | cold load (convert) s | warm load s | peak RSS MB (tokconv) | peak RSS MB (PyTorch) |", "|---|---|---|---|---|"]
     for model, r in results["models"].items():
         lines.append(

@@ -10,6 +10,7 @@ and float16 (the weights users get), checked on predictions.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -159,6 +160,37 @@ def test_gemma_sliding_window_layers_match_reference_beyond_the_window(pair):
     zr = as_mlx_lm_computes_it(pair.ref).logits(ids, last=16)  # (16, V)
     zm = mlx_logits(pair.mlx32, ids, last=16)
     assert_logits_close(pair, zr, zm, f"last 16 of {len(ids)} tokens")
+
+
+def test_gemma_cached_scoring_beyond_the_window_matches_a_full_forward(pair):
+    # tokconv's KV caches keep every position and leave the window to the attention mask; scoring
+    # from scratch and re-scoring a suffix across the window edge must equal one plain forward.
+    import mlx.core as mx
+
+    from tokconv.models import LoadedModel
+    from tokconv.scoring import Scorer
+
+    window = pair.ref.hp.sliding_window
+    if window is None:
+        pytest.skip(f"{pair.name} has no sliding-window layers")
+    ids = random_ids(pair, n=window + 40, seed=2)
+    body = ids[len(pair.prefix()):]
+    lm = LoadedModel(pair.name, pair.name, Path("."), pair.mlx32, None, "gemma3", "test", len(pair.token_type),
+                     pair.ref.bos_id if pair.ref.add_bos else None, 0.0, False)
+    shift, L = len(pair.prefix()), len(body)
+    first = 1 - shift  # the first body position with a prediction
+
+    def plain(tokens: list[int]) -> np.ndarray:  # predictions for positions first..L-1 from one forward
+        logits = pair.mlx32(mx.array([pair.prefix() + tokens]))[0]  # input j predicts input j + 1
+        return np.array(logits.argmax(-1))[first - 1 + shift : L - 1 + shift]
+
+    session = Scorer(lm).session()
+    np.testing.assert_array_equal(session.score(np.array([body])).argmax[0, first:], plain(body))
+    changed = list(body)
+    changed[window - 5] = body[window - 4]  # a change just before the window edge: re-score the suffix
+    np.testing.assert_array_equal(session.score(np.array([changed])).argmax[0, first:], plain(changed))
+    c = window - 5  # forwarded: every input but the last, then the inputs from position c on
+    assert session.cost.forwarded_tokens == (L - 1 + shift) + (L - 1 - c)
 
 
 @pytest.mark.parametrize("text", ["random", "english"])

@@ -44,6 +44,9 @@ class LoadedModel:
     load_seconds: float
     converted: bool  # whether this load had to convert a GGUF first
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # tokconv.forward's per-model state: whether PastKV caches fit, and compiled steps per stream
+    functional: bool | None = field(default=None, repr=False, compare=False)
+    steps: dict = field(default_factory=dict, repr=False, compare=False)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` without any BOS token (tokconv adds BOS itself when scoring)."""

@@ -11,8 +11,8 @@ layer, rows on the first axis). On every call it finds each row's first change,
 sorts the changed rows by it and cuts them into groups, trading one more model
 call per group against the tokens a group re-forwards for its earliest row
 (dynamic programming over the sorted rows). Each group gathers its rows' cached
-prefixes into an ordinary mlx-lm ``KVCache``, runs one forward from its offset
-and scatters the new keys and values back. Unchanged rows are not forwarded.
+prefixes into :class:`~tokconv.forward.PastKV` caches, runs one compiled forward
+from its offset and scatters the new keys and values back. Unchanged rows are not forwarded.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .models import LoadedModel
-from . import head, runtime
+from . import forward, head, runtime
 from .scoring import Cost, Scorer, Scores, _n_streams, _streams, max_rows
 
 # One model call costs about as much as this many extra forwarded tokens
@@ -32,21 +32,9 @@ CALL_COST_TOKENS = 40
 
 
 def supported(lm: LoadedModel, length: int) -> bool:
-    """True when every layer's cache can be a plain ``KVCache`` for ``length`` tokens.
-
-    Sliding-window layers (Gemma 3) use a rotating cache; it behaves like a plain
-    one until the window is full, so short sequences qualify.
-    """
-    from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
-
-    inputs = length + (1 if lm.bos_id is not None else 0)
-    for c in make_prompt_cache(lm.model):
-        if type(c) is KVCache:
-            continue
-        if type(c) is RotatingKVCache and c.max_size >= inputs:
-            continue
-        return False
-    return True
+    """True when every layer can keep a :class:`~tokconv.forward.PastKV` (plain or sliding-window
+    attention: the window is applied by the mask), whatever ``length``."""
+    return forward.functional(lm)
 
 
 def plan_groups(starts: np.ndarray, end: int, call_cost: float = CALL_COST_TOKENS) -> list[np.ndarray]:
@@ -160,7 +148,6 @@ class RowSession:
     def _call(self, wave: list, inputs: np.ndarray, B: int, end: int, s: int) -> None:
         """One wave of model calls (one per stream): forward, store the keys and values, fill the scores."""
         import mlx.core as mx
-        from mlx_lm.models.cache import KVCache
 
         lm = self.scorer.lm
         jobs = []  # (row ids, their mx index, first input, caches, logits)
@@ -168,15 +155,13 @@ class RowSession:
             idx = mx.array(part.astype(np.int32))
             caches = []
             for layer in range(len(lm.model.layers)):
-                c = KVCache()
-                if self._keys is not None:
-                    c.keys = mx.take(self._keys[layer], idx, axis=0)
-                    c.values = mx.take(self._values[layer], idx, axis=0)
-                    c.offset = lo
-                caches.append(c)
+                if self._keys is not None and lo > 0:
+                    caches.append(forward.PastKV(mx.take(self._keys[layer][:, :, :lo], idx, axis=0),
+                                                 mx.take(self._values[layer][:, :, :lo], idx, axis=0)))
+                else:
+                    caches.append(forward.PastKV())
             x = mx.array(inputs[part, lo:end].astype(np.int32))
-            with mx.stream(stream):
-                out = lm.model(x, cache=caches)  # logits (b, n, V)
+            out = forward.call(lm, x, caches, stream)  # logits (b, n, V)
             jobs.append((part, idx, lo, caches, out))
         if self._keys is None:  # first call: an empty store (a zero prefix of length 0 is never read)
             k0, v0 = jobs[0][3][0].keys, jobs[0][3][0].values

@@ -217,9 +217,8 @@ class ScoringSession:
     def _forward(self, tokens: np.ndarray, first: int, stop: int) -> None:
         """Make predictions for positions first..stop current by forwarding the needed inputs."""
         import mlx.core as mx
-        from mlx_lm.models.cache import make_prompt_cache
 
-        from . import head, runtime
+        from . import forward, head, runtime
 
         lm, s = self.scorer.lm, self.shift
         B = tokens.shape[0]
@@ -232,7 +231,7 @@ class ScoringSession:
             if self._cache is None:
                 # One KV cache per group of rows; groups run in waves, one per CPU stream.
                 self._groups = _row_groups(B, max_rows(tokens.shape[1] + s, lm.vocab_size))
-                self._cache = [make_prompt_cache(lm.model) for _ in self._groups]
+                self._cache = [forward.make_caches(lm) for _ in self._groups]
             offset = self._cache[0][0].offset
             if offset > lo:
                 if all(c.is_trimmable() for cache in self._cache for c in cache):
@@ -240,7 +239,7 @@ class ScoringSession:
                         for c in cache:
                             c.trim(c.offset - lo)
                 else:  # e.g. a rotating cache past its window: start over
-                    self._cache = [make_prompt_cache(lm.model) for _ in self._groups]
+                    self._cache = [forward.make_caches(lm) for _ in self._groups]
             lo = self._cache[0][0].offset
             if lo < hi:
                 x = mx.array(inputs[:, lo:hi].astype(np.int32))
@@ -252,8 +251,7 @@ class ScoringSession:
                     with runtime.compute(len(wave)):
                         logits = []
                         for rows, cache, stream in wave:
-                            with mx.stream(stream):
-                                logits.append(lm.model(x[rows], cache=cache))  # (b, n, V)
+                            logits.append(forward.call(lm, x[rows], cache, stream))  # (b, n, V)
                         mx.eval(logits)
                         outs = head.predict(logits)
                     del logits
