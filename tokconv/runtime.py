@@ -8,7 +8,8 @@ small-row GEMMs are 1.3-2.7x OpenBLAS's here), else OpenBLAS. :func:`compute` th
 model call the right number of BLAS threads (see there).
 Environment: ``TOKCONV_BLAS`` (a library exporting ``cblas_sgemm``), and ``=1`` switches
 ``TOKCONV_NO_FAST_BLAS``, ``TOKCONV_NO_MKL``, ``TOKCONV_NO_JIT_FLAGS``, ``TOKCONV_NO_MALLOC_TUNING``,
-``TOKCONV_NO_REEXEC``, ``TOKCONV_NO_FAST_EXP`` (mlx-lm's own attention instead of :mod:`tokconv.fastmath`'s);
+``TOKCONV_NO_REEXEC``, ``TOKCONV_NO_FAST_EXP`` (mlx-lm's own attention and RoPE instead of :mod:`tokconv.fastmath`'s),
+``TOKCONV_NO_COMPILE`` (uncompiled model calls, :mod:`tokconv.forward`);
 ``TOKCONV_BLAS_THREADS`` fixes the BLAS thread count (``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` too).
 """
 
@@ -400,20 +401,21 @@ def _tunables_set() -> bool:
     return "glibc.malloc.mmap_threshold=" in current and "glibc.malloc.trim_threshold=" in current
 
 
-def _cpu_vendor() -> bytes:
+def _cpuinfo(field: bytes) -> bytes:
+    """The first ``field`` line of /proc/cpuinfo (b"" off Linux)."""
     try:
         with open("/proc/cpuinfo", "rb") as f:
-            return next((line for line in f if line.startswith(b"vendor_id")), b"")
+            return next((line for line in f if line.startswith(field)), b"")
     except OSError:
         return b""
+
+
+def _cpu_vendor() -> bytes:
+    return _cpuinfo(b"vendor_id")
 
 
 def _cpu_flags() -> bytes:
-    try:
-        with open("/proc/cpuinfo", "rb") as f:
-            return next((line for line in f if line.startswith(b"flags")), b"")
-    except OSError:
-        return b""
+    return _cpuinfo(b"flags")
 
 
 def _digest(*parts: bytes) -> str:
