@@ -94,3 +94,16 @@ def test_models_with_other_caches_keep_mlx_lm_caches(monkeypatch):
     monkeypatch.setattr(lm.model, "make_cache", lambda: [ArraysCache(1) for _ in range(2)], raising=False)
     assert not forward.functional(lm)
     assert all(isinstance(c, ArraysCache) for c in forward.make_caches(lm))
+
+
+def test_compiled_steps_are_kept_for_a_few_streams_only(monkeypatch):
+    import mlx.core as mx
+
+    monkeypatch.setenv("TOKCONV_NO_COMPILE", "0")
+    monkeypatch.setattr(forward, "MAX_STREAMS", 2)
+    lm = make_tiny_lm(layers=1)
+    streams = [mx.new_stream(mx.cpu) for _ in range(3)]
+    tokens = mx.array(np.zeros((1, 3), np.int64))
+    for s in streams:
+        mx.eval(forward.call(lm, tokens, forward.make_caches(lm), s))
+    assert list(lm.steps) == [str(streams[1]), str(streams[2])]  # the first stream's function went

@@ -24,6 +24,9 @@ from .models import LoadedModel
 # Distinct input shapes one compiled function may collect traces for before it is rebuilt
 # (each trace keeps its graph; long sweeps see many shapes).
 MAX_TRACES = 128
+# Streams with a compiled function kept per model: CPU streams are per thread, and the dashboard
+# runs every script run in a new thread, so old threads' functions (and traces) must go.
+MAX_STREAMS = 8
 
 
 class PastKV:
@@ -103,6 +106,9 @@ def _compiled(lm: LoadedModel, stream: Any, signature: tuple) -> Any:
     fn, seen = table.get(key, (None, set()))
     if fn is None or (signature not in seen and len(seen) >= MAX_TRACES):
         fn, seen = mx.compile(_step(lm.model, len(lm.model.layers))), set()
+        table.pop(key, None)
+        while len(table) >= MAX_STREAMS:  # the least recently built goes
+            table.pop(next(iter(table)))
         table[key] = (fn, seen)
     seen.add(signature)
     return fn
