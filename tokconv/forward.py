@@ -120,10 +120,9 @@ def call(lm: LoadedModel, tokens: Any, caches: list, stream: Any) -> Any:
     import mlx.core as mx
 
     with mx.stream(stream):
-        if not caches or not isinstance(caches[0], PastKV):
+        # mlx-lm's own caches mutate in place: uncompiled. PastKV works uncompiled too.
+        if not isinstance(caches[0], PastKV) or os.environ.get("TOKCONV_NO_COMPILE") == "1":
             return lm.model(tokens, cache=caches)
-        if os.environ.get("TOKCONV_NO_COMPILE") == "1":
-            return lm.model(tokens, cache=caches)  # PastKV works uncompiled too
         past = [(c.keys, c.values) for c in caches] if caches[0].keys is not None else []
         fn = _compiled(lm, stream, (tuple(tokens.shape), caches[0].offset))
         logits, kv = fn(tokens, past)

@@ -10,7 +10,6 @@ numpy's SIMD loops (AVX-512 ``exp`` included) work on chunks that stay in L2.
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,18 +22,13 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
-def _workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _executor() -> ThreadPoolExecutor:
+    from . import runtime
+
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(_workers(), thread_name_prefix="tokconv-head")
+            _pool = ThreadPoolExecutor(runtime.cores(), thread_name_prefix="tokconv-head")
         return _pool
 
 
@@ -74,29 +68,21 @@ def predict(logits: list) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         outs = [entropy_head(lg) for lg in logits]
         mx.eval(outs)
         return [tuple(np.array(a) for a in out) for out in outs]
-    views, results, tasks = [], [], []
+    # One share of all rows per core; numpy releases the GIL inside its loops. A numpy view of an
+    # MLX array holds a reference to it, so the logits live until their jobs are done.
+    total = sum(lg.shape[0] * lg.shape[1] for lg in logits)
+    share = max(1, -(-total // runtime.cores()))
+    results, jobs = [], []
     for lg in logits:
-        if lg.dtype != mx.float32:
-            lg = lg.astype(mx.float32)
-        x = np.asarray(lg)
+        x = np.asarray(lg if lg.dtype == mx.float32 else lg.astype(mx.float32))
         B, n, V = x.shape
         flat = x.reshape(B * n, V)
         out = (np.empty(B * n, np.int64), np.empty(B * n, np.float32), np.empty(B * n, np.float32))
-        views.append(lg)  # keep the MLX buffer alive while numpy reads it
         results.append((out, (B, n)))
-        tasks.append((flat, out))
-    # Split all rows into one share per core; numpy releases the GIL inside its loops.
-    total = sum(flat.shape[0] for flat, _ in tasks)
-    share = max(1, -(-total // _workers()))
-    jobs = []
-    for flat, (am, pr, en) in tasks:
-        for a in range(0, flat.shape[0], share):
-            b = a + share
-            jobs.append((flat[a:b], am[a:b], pr[a:b], en[a:b]))
+        jobs += [(flat[a : a + share], *(o[a : a + share] for o in out)) for a in range(0, B * n, share)]
     if len(jobs) == 1:
         entropy_rows(*jobs[0])
     else:
         for f in [_executor().submit(entropy_rows, *job) for job in jobs]:
             f.result()
-    del views
     return [tuple(a.reshape(shape) for a in out) for out, shape in results]

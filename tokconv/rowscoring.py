@@ -155,7 +155,7 @@ class RowSession:
             idx = mx.array(part.astype(np.int32))
             caches = []
             for layer in range(len(lm.model.layers)):
-                if self._keys is not None and lo > 0:
+                if lo > 0:  # the store exists: the first call forwards from 0
                     caches.append(forward.PastKV(mx.take(self._keys[layer][:, :, :lo], idx, axis=0),
                                                  mx.take(self._values[layer][:, :, :lo], idx, axis=0)))
                 else:

@@ -50,7 +50,8 @@ class Cost:
         self.seconds += other.seconds
 
 
-# Logits and the head's temporaries take ~12 bytes per forwarded token per vocabulary entry.
+# Logits and the head's temporaries take up to ~12 bytes per forwarded token per vocabulary entry
+# (MLX's head on a GPU; on CPU the numpy head adds only ~1 MB chunks to the 4-byte logits).
 # One model call keeps them under this budget by taking fewer rows (unsplit, Qwen's 151,936-token
 # vocabulary at 32 x 256 peaked at 18.5 GB); calls run in waves of one per stream.
 LOGITS_BUDGET_BYTES = 512 << 20
