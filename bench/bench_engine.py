@@ -130,6 +130,7 @@ def main() -> None:
     ap.add_argument("--worker", choices=["mlx", "torch"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--rounds", type=int, default=3, help="tokconv/PyTorch rounds, alternating (median kept)")
     ap.add_argument("--openblas", action="store_true", help="also time tokconv on OpenBLAS (TOKCONV_NO_MKL=1)")
+    ap.add_argument("--nopack", action="store_true", help="also time tokconv on MKL without packed weights (TOKCONV_NO_PACK=1)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "engine.json")
     args = ap.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
@@ -160,13 +161,15 @@ def main() -> None:
             r["cold"] = _spawn("mlx", model, "1x20", {"TOKCONV_CACHE": cold_cache})
         # warm from here on: the converted folder exists now. tokconv and PyTorch alternate, round
         # after round, so that both see the same slow and fast spells of this shared machine.
-        rounds: dict[str, list] = {"fast": [], "torch": [], "openblas": []}
+        rounds: dict[str, list] = {"fast": [], "torch": [], "openblas": [], "nopack": []}
         for _ in range(args.rounds):
             rounds["fast"].append(_spawn("mlx", model, args.shapes, {}))
             if have_torch:
                 rounds["torch"].append(_spawn("torch", model, args.shapes, {}))
             if args.openblas:
                 rounds["openblas"].append(_spawn("mlx", model, args.shapes, {"TOKCONV_NO_MKL": "1"}))
+            if args.nopack:
+                rounds["nopack"].append(_spawn("mlx", model, args.shapes, {"TOKCONV_NO_PACK": "1"}))
         r.update({k: _median_of(v) for k, v in rounds.items() if v})
         r["reference_blas"] = _spawn("mlx", model, args.slow_shapes, {"TOKCONV_NO_FAST_BLAS": "1"})
         results["models"][model] = r
@@ -180,8 +183,8 @@ def render(results: dict) -> str:
     """Markdown tables of a results dict."""
     g = results["gemm_ceiling"]
     lines = [f"Machine: {results['machine']}; Python {results['python']}.", "", f"GEMM ceiling (same run): `{json.dumps(g)}`", ""]
-    lines += ["| model | shape BxL | tokconv (s) | tok/s | tokconv on OpenBLAS (s) | reference BLAS (s) | PyTorch (s) | tokconv vs PyTorch |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["| model | shape BxL | tokconv (s) | tok/s | without packed weights (s) | tokconv on OpenBLAS (s) | reference BLAS (s) | PyTorch (s) | tokconv vs PyTorch |",
+              "|---|---|---|---|---|---|---|---|---|"]
 
     def cell(run: dict, shape: str) -> str:
         v = run.get("shapes", {}).get(shape, {}).get("seconds")
@@ -192,13 +195,16 @@ def render(results: dict) -> str:
         for shape, m in fast.get("shapes", {}).items():
             t = tor.get("shapes", {}).get(shape, {}).get("seconds")
             ratio = f"{t / m['seconds']:.2f}x" if t else "-"
-            lines.append(f"| {model} | {shape} | {m['seconds']:.3f} | {m['tokens_per_s']:.0f} | {cell(r.get('openblas', {}), shape)} | "
+            lines.append(f"| {model} | {shape} | {m['seconds']:.3f} | {m['tokens_per_s']:.0f} | {cell(r.get('nopack', {}), shape)} | "
+                         f"{cell(r.get('openblas', {}), shape)} | "
                          f"{cell(r.get('reference_blas', {}), shape)} | {cell(tor, shape)} | {ratio} |")
-    lines += ["", "| model | cold load (convert) s | warm load s | peak RSS MB (tokconv) | peak RSS MB (PyTorch) |", "|---|---|---|---|---|"]
+    lines += ["", "| model | cold load (convert) s | warm load s | peak RSS MB (tokconv) | without packs | peak RSS MB (PyTorch) |",
+              "|---|---|---|---|---|---|"]
     for model, r in results["models"].items():
         lines.append(
             f"| {model} | {r.get('cold', {}).get('load_s', float('nan')):.1f} | {r.get('fast', {}).get('load_s', float('nan')):.1f} | "
-            f"{r.get('fast', {}).get('peak_rss_mb', float('nan')):.0f} | {r.get('torch', {}).get('peak_rss_mb', float('nan')):.0f} |"
+            f"{r.get('fast', {}).get('peak_rss_mb', float('nan')):.0f} | {r.get('nopack', {}).get('peak_rss_mb', float('nan')):.0f} | "
+            f"{r.get('torch', {}).get('peak_rss_mb', float('nan')):.0f} |"
         )
     return "\n".join(lines)
 

@@ -95,7 +95,13 @@ def _intel_with_mkl() -> bool:
 @pytest.mark.skipif(not _intel_with_mkl(), reason="MKL is chosen only on Intel CPUs with the mkl wheel")
 def test_mkl_is_chosen_on_intel_and_can_be_switched_off(fresh):
     out, _ = fresh
-    assert out["blas"].startswith("MKL ") and "libmkl_rt" in out["provider"] and out["mapped"]
+    assert out["blas"].startswith("MKL ") and out["mapped"]
+    # libmlx's cblas_sgemm: the packed-weight interposer in front of MKL, where gcc built it
+    packed = "packed weights" in out["blas"]
+    assert ("mkl_pack" if packed else "libmkl_rt") in out["provider"]
+    plain = run_child(PROBE, env={"TOKCONV_NO_PACK": "1", "TOKCONV_CACHE": str(fresh[1])})
+    assert plain["blas"].startswith("MKL ") and "packed" not in plain["blas"]
+    assert "libmkl_rt" in plain["provider"] and plain["matmul_err"] < 1e-3
     off = run_child(PROBE, env={"TOKCONV_NO_MKL": "1", "TOKCONV_CACHE": str(fresh[1])})
     assert "OpenBLAS" in off["blas"] and off["matmul_err"] < 1e-3
 
@@ -159,13 +165,19 @@ def test_mlx_imported_first_is_reported(tmp_path):
     assert out["matmul_err"] < 1e-3
 
 
+def _blas_library(fresh) -> str:
+    """The optimized BLAS that setup() loaded (MKL itself where the packed-weight interposer fronts it)."""
+    provider = fresh[0]["provider"]
+    return runtime._mkl_library()[0] if "mkl_pack" in provider else provider
+
+
 def test_ld_preloaded_blas_counts_even_after_mlx_import(fresh):
-    out = run_child(PROBE, pre="import mlx.core\n", env={"LD_PRELOAD": fresh[0]["provider"]})
+    out = run_child(PROBE, pre="import mlx.core\n", env={"LD_PRELOAD": _blas_library(fresh)})
     assert out["blas"] and "preloaded" in out["blas"] and not out["warnings"]
 
 
 def test_tokconv_blas_names_the_library(fresh):
-    out = run_child(PROBE, env={"TOKCONV_BLAS": fresh[0]["provider"], "TOKCONV_CACHE": str(fresh[1])})
+    out = run_child(PROBE, env={"TOKCONV_BLAS": _blas_library(fresh), "TOKCONV_CACHE": str(fresh[1])})
     assert "(TOKCONV_BLAS)" in out["blas"] and out["mapped"]
 
 

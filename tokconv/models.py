@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import runtime
+from . import packing, runtime
 from .catalog import CATALOG, file_fingerprint, get_entry
 from .errors import ModelNotFound, TokconvError
 from .paths import models_dir
@@ -234,6 +234,7 @@ def load(spec: str, progress: ProgressFn | None = None) -> LoadedModel:
         _prepare_for_device(model)
         if runtime.setup().fast_exp:
             fastmath.use_table_rope(model)
+        packing.pack_model(model)  # MKL's packed weights for short inputs, where available
         vocab_size = int(model.args.vocab_size) if hasattr(model, "args") else len(tokenizer.vocab)
         loaded = LoadedModel(
             name=facts["name"],

@@ -4,12 +4,14 @@ The ``mlx-cpu`` wheel links netlib's reference BLAS (~5 GFLOP/s), JIT-compiles k
 without ``-march`` (scalar ``exp``/``silu``), and glibc unmaps big buffers on every free.
 :func:`setup` fixes all three in-process on Linux CPU (nothing to do on Metal or CUDA).
 The optimized BLAS is Intel's MKL on Intel CPUs where the ``mkl`` wheel is installed (its
-small-row GEMMs are 1.3-2.7x OpenBLAS's here), else OpenBLAS. :func:`compute` then gives each
-model call the right number of BLAS threads (see there).
+small-row GEMMs are 1.3-2.7x OpenBLAS's here), else OpenBLAS. With MKL, an interposer built from
+``_mkl_pack.c`` answers libmlx's ``cblas_sgemm`` from pre-packed weights for short inputs. :func:`compute`
+then gives each model call the right number of BLAS threads (see there).
 Environment: ``TOKCONV_BLAS`` (a library exporting ``cblas_sgemm``), and ``=1`` switches
 ``TOKCONV_NO_FAST_BLAS``, ``TOKCONV_NO_MKL``, ``TOKCONV_NO_JIT_FLAGS``, ``TOKCONV_NO_MALLOC_TUNING``,
 ``TOKCONV_NO_REEXEC``, ``TOKCONV_NO_FAST_EXP`` (mlx-lm's own attention and RoPE instead of :mod:`tokconv.fastmath`'s),
-``TOKCONV_NO_COMPILE`` (uncompiled model calls, :mod:`tokconv.forward`);
+``TOKCONV_NO_COMPILE`` (uncompiled model calls, :mod:`tokconv.forward`), ``TOKCONV_NO_PACK`` (no MKL packed
+weights, :mod:`tokconv.packing`); ``TOKCONV_PACK_MAX_ROWS`` (most rows a packed matmul may have, 64);
 ``TOKCONV_BLAS_THREADS`` fixes the BLAS thread count (``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` too).
 """
 
@@ -37,6 +39,7 @@ TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4
 JIT_FLAGS = ("-march=native -ffast-math -fno-finite-math-only -fno-semantic-interposition"
              " --param max-inline-insns-auto=1000")
 _SHIM_SOURCE = Path(__file__).with_name("_blas_shim.c")
+_PACK_SOURCE = Path(__file__).with_name("_mkl_pack.c")
 _DEBIAN_OPENBLAS = "/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0"
 _SET_THREADS = ("MKL_Set_Num_Threads", "scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
                 "openblas_set_num_threads")
@@ -86,6 +89,7 @@ class RuntimeInfo:
 
 
 _info: RuntimeInfo | None = None
+_packer: ctypes.CDLL | None = None
 _thread_streams = threading.local()  # MLX streams belong to the thread that made them
 
 
@@ -244,7 +248,8 @@ def _setup_blas(warnings: list[str]) -> str | None:
             errors.append(f"{label}: {str(exc).strip()[:200]}")
             continue
         if _sgemm_provider():
-            return label + _default_blas_threads()
+            packed = f" with packed weights (<= {pack_max_rows()} rows)" if _packer is not None else ""
+            return label + packed + _default_blas_threads()
         errors.append(f"{label}: exports no cblas_sgemm")
     fix = "; ".join(errors) or "pip install scipy-openblas32 (needs gcc) or apt-get install libopenblas0-pthread"
     warnings.append(f"no optimized BLAS, matmul ~30x slower: {fix}")
@@ -315,30 +320,73 @@ def _load_mkl(path: str) -> None:
     else:
         os.environ.setdefault("MKL_THREADING_LAYER", "SEQUENTIAL")
     os.environ.setdefault("MKL_INTERFACE_LAYER", "LP64")  # MLX passes 32-bit ints
+    ctypes.CDLL(path)  # raises here if MKL cannot load, before anything is global
+    # The interposer goes into the global scope first: MLX gets the first cblas_sgemm found there.
+    packer = _load_packer()
     ctypes.CDLL(path, ctypes.RTLD_GLOBAL)
+    if packer is not None and packer.tokconv_pack_init(path.encode()) == 0:
+        global _packer
+        packer.tokconv_pack_set_max_rows(pack_max_rows())
+        _packer = packer
+
+
+def _load_packer() -> ctypes.CDLL | None:
+    """The packed-weight interposer (``_mkl_pack.c``), unless ``TOKCONV_NO_PACK=1`` or no gcc."""
+    if os.environ.get("TOKCONV_NO_PACK") == "1":
+        return None
+    try:
+        lib = ctypes.CDLL(str(_built(_PACK_SOURCE, ["-ldl", "-lpthread"])), mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        return None  # plain MKL: correct, only slower for short inputs
+    lib.tokconv_pack_add.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.tokconv_pack_remove.argtypes = [ctypes.c_void_p]
+    lib.tokconv_pack_init.argtypes = [ctypes.c_char_p]
+    return lib
+
+
+def pack_max_rows() -> int:
+    """Most rows a matmul may have to use packed weights: ``TOKCONV_PACK_MAX_ROWS``, default 64.
+
+    Measured on SmolLM2's weights: packed is 1.5-1.8x faster at 20 rows, 1.1-1.3x at 40, even at
+    ~80 and 0.75-0.95x from 160 rows on (bench/results/pack-curve.txt)."""
+    try:
+        return max(0, int(os.environ.get("TOKCONV_PACK_MAX_ROWS", "64")))
+    except ValueError:
+        return 64
+
+
+def packer() -> ctypes.CDLL | None:
+    """The loaded packed-weight library (see :mod:`tokconv.packing`), or None where it is off."""
+    setup()
+    return _packer
 
 
 def _load_shimmed(lib: str, defines: tuple[str, ...]) -> None:
     """Load ``lib`` behind a cached shim (see ``_blas_shim.c``) exporting ``cblas_*gemm``."""
     lib = os.path.realpath(lib)
     st = os.stat(lib)
-    key = _digest(_SHIM_SOURCE.read_bytes(), lib.encode(), f"{st.st_size}:{st.st_mtime_ns}".encode(),
-                  *map(str.encode, defines))
-    shim = cache_dir() / "runtime" / f"blas-shim-{key}.so"
-    if not shim.exists():
+    shim = _built(_SHIM_SOURCE, [*defines, "-Wl,--no-as-needed", lib, f"-Wl,-rpath,{os.path.dirname(lib)}"],
+                  lib.encode(), f"{st.st_size}:{st.st_mtime_ns}".encode())
+    ctypes.CDLL(str(shim), mode=ctypes.RTLD_GLOBAL)
+
+
+def _built(source: Path, args: list[str], *key: bytes) -> Path:
+    """``source`` compiled by gcc into a shared library, cached by its text, ``args`` and ``key``."""
+    digest = _digest(source.read_bytes(), *key, *map(str.encode, args))
+    out = cache_dir() / "runtime" / f"{source.stem.lstrip('_')}-{digest}.so"
+    if not out.exists():
         cc = shutil.which("gcc") or shutil.which("cc")
         if cc is None:
-            raise OSError("no gcc to build its shim: apt-get install gcc")
+            raise OSError("no gcc to build it: apt-get install gcc")
         import subprocess  # only on a cold cache
-        shim.parent.mkdir(parents=True, exist_ok=True)
-        tmp = shim.with_name(f"{shim.name}.{os.getpid()}.tmp")
-        done = subprocess.run([cc, "-O2", "-shared", "-fPIC", *defines, str(_SHIM_SOURCE), "-Wl,--no-as-needed",
-                               lib, f"-Wl,-rpath,{os.path.dirname(lib)}", "-o", str(tmp)],
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        done = subprocess.run([cc, "-O2", "-shared", "-fPIC", str(source), *args, "-o", str(tmp)],
                               check=False, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
-            raise OSError(f"building its shim failed: {done.stderr}")
-        os.replace(tmp, shim)
-    ctypes.CDLL(str(shim), mode=ctypes.RTLD_GLOBAL)
+            raise OSError(f"building {source.name} failed: {done.stderr}")
+        os.replace(tmp, out)
+    return out
 
 
 class _DlInfo(ctypes.Structure):
