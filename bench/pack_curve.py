@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--rows", default="1,8,19,40,64,80,160,304")
+    ap.add_argument("--rows", default="1,2,4,8,19,40,64,80,160,304,512")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "pack-curve.json")
     args = ap.parse_args()

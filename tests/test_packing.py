@@ -53,15 +53,16 @@ def test_registered_weight_uses_its_pack_only_where_it_may():
         assert _packed_calls() == before + 1
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
         # not from the pack: alpha other than 1, more rows than the limit, the same address with
-        # fewer rows of weight (a slice)
+        # fewer rows of weight (a slice), a single row (plain MKL is faster there)
         for call in (lambda: _sgemm(a, view, alpha=2.0),
-                     lambda: _sgemm(rng.standard_normal((200, 80)).astype(np.float32), view),
-                     lambda: _sgemm(a, view[:48])):
+                     lambda: _sgemm(rng.standard_normal((runtime.pack_max_rows() + 1, 80)).astype(np.float32), view),
+                     lambda: _sgemm(a, view[:48]), lambda: _sgemm(a[:1], view)):
             before = _packed_calls()
             call()
             assert _packed_calls() == before
         np.testing.assert_allclose(_sgemm(a, view, alpha=2.0), 2 * want, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(_sgemm(a, view[:48]), want[:, :48], rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(_sgemm(a[:1], view), want[:1], rtol=1e-5, atol=1e-4)
         with packing.max_rows(0):
             before = _packed_calls()
             np.testing.assert_allclose(_sgemm(a, view), want, rtol=1e-5, atol=1e-4)

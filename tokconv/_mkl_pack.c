@@ -3,7 +3,8 @@
  * MLX computes `x @ W.T` with cblas_sgemm(RowMajor, NoTrans, Trans, M, N, K, 1, x, K, W, K, 0,
  * out, N). For few rows (one sequence: M ~ 20) MKL spends most of such a call re-packing W into
  * its kernel's layout; cblas_sgemm_pack does that once per weight and cblas_sgemm_compute then
- * runs 1.5-2x faster at M <= 40 (slower at M >= 160, hence the row limit). MLX has no hook for
+ * runs 1.3-1.5x faster at 4-64 rows and still ~1.1x at 80-160 (not at 1 row, nor from ~512 on,
+ * hence the row limits). MLX has no hook for
  * this, so this library is loaded before MKL and exports cblas_sgemm itself: a call whose B is a
  * registered weight (same pointer, N, K, ldb, transposed, alpha 1) with at most `max_rows` rows
  * uses the pack; every other call goes to MKL's cblas_sgemm unchanged.
@@ -44,7 +45,7 @@ struct slot {
 };
 static struct slot table[SLOTS];
 static pthread_rwlock_t table_lock = PTHREAD_RWLOCK_INITIALIZER;
-static int max_rows = 64;
+static int max_rows = 160;
 static size_t packed_bytes;
 static long long calls, hits; /* statistics for tests and benchmarks */
 
@@ -139,7 +140,8 @@ void tokconv_pack_stats(long long *out) {
 void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, const float *a,
                  int lda, const float *b, int ldb, float beta, float *c, int ldc) {
   __atomic_fetch_add(&calls, 1, __ATOMIC_RELAXED);
-  if (order == ROW_MAJOR && tb == TRANS && alpha == 1.0f && m <= max_rows && ldb == k &&
+  /* one row: the pack ran 0.86-0.93x the plain call (bench/results/pack-curve.log) */
+  if (order == ROW_MAJOR && tb == TRANS && alpha == 1.0f && m >= 2 && m <= max_rows && ldb == k &&
       compute != NULL) {
     pthread_rwlock_rdlock(&table_lock);
     struct slot *s = find(b);

@@ -11,7 +11,7 @@ Environment: ``TOKCONV_BLAS`` (a library exporting ``cblas_sgemm``), and ``=1`` 
 ``TOKCONV_NO_FAST_BLAS``, ``TOKCONV_NO_MKL``, ``TOKCONV_NO_JIT_FLAGS``, ``TOKCONV_NO_MALLOC_TUNING``,
 ``TOKCONV_NO_REEXEC``, ``TOKCONV_NO_FAST_EXP`` (mlx-lm's own attention and RoPE instead of :mod:`tokconv.fastmath`'s),
 ``TOKCONV_NO_COMPILE`` (uncompiled model calls, :mod:`tokconv.forward`), ``TOKCONV_NO_PACK`` (no MKL packed
-weights, :mod:`tokconv.packing`); ``TOKCONV_PACK_MAX_ROWS`` (most rows a packed matmul may have, 64);
+weights, :mod:`tokconv.packing`); ``TOKCONV_PACK_MAX_ROWS`` (most rows a packed matmul may have, 160);
 ``TOKCONV_BLAS_THREADS`` fixes the BLAS thread count (``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` too).
 """
 
@@ -345,14 +345,16 @@ def _load_packer() -> ctypes.CDLL | None:
 
 
 def pack_max_rows() -> int:
-    """Most rows a matmul may have to use packed weights: ``TOKCONV_PACK_MAX_ROWS``, default 64.
+    """Most rows a matmul may have to use packed weights: ``TOKCONV_PACK_MAX_ROWS``, default 160.
 
-    Measured on SmolLM2's weights: packed is 1.5-1.8x faster at 20 rows, 1.1-1.3x at 40, even at
-    ~80 and 0.75-0.95x from 160 rows on (bench/results/pack-curve.txt)."""
+    Measured over all of SmolLM2's weights (``bench/pack_curve.py``): packed ran 1.3-1.5x the plain
+    call at 4-64 rows, 1.1-1.2x at 80-160, level to 0.95x from 512 rows on and 0.9x at one row (which
+    always goes plain); whole scoring calls at 8x20, 16x20, 1x100 and 1x150 were 3-14% faster with
+    160 than with 64."""
     try:
-        return max(0, int(os.environ.get("TOKCONV_PACK_MAX_ROWS", "64")))
+        return max(0, int(os.environ.get("TOKCONV_PACK_MAX_ROWS", "160")))
     except ValueError:
-        return 64
+        return 160
 
 
 def packer() -> ctypes.CDLL | None:
