@@ -12,7 +12,6 @@ plain call up to float32 rounding.
 from __future__ import annotations
 
 import ctypes
-import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,6 @@ from typing import Any
 
 from tokconv import runtime
 
-_lock = threading.Lock()
 _max_rows = runtime.pack_max_rows()
 
 
@@ -83,7 +81,7 @@ def matmul_weights(model: Any) -> list[Any]:
 def pack_model(model: Any) -> int:
     """Register ``model``'s float32 matmul weights; returns how many were packed (0 where off)."""
     lib = runtime.packer()
-    if lib is None:
+    if lib is None or _max_rows == 0:  # TOKCONV_PACK_MAX_ROWS=0: no call would use a pack
         return 0
     held: list[tuple[int, Any]] = []
     # MKL lays a pack out for the threads it is made with: one made on 1 thread ran 2-thread
@@ -107,14 +105,12 @@ def _add(lib: ctypes.CDLL, w: Any, held: list[tuple[int, Any]]) -> None:
     if not view.flags.c_contiguous:
         return
     address = view.ctypes.data
-    with _lock:
-        if lib.tokconv_pack_add(address, w.shape[0], w.shape[1]) == 0:
-            held.append((address, w))
+    if lib.tokconv_pack_add(address, w.shape[0], w.shape[1]) == 0:  # the library locks its table
+        held.append((address, w))
 
 
 def _release(lib: ctypes.CDLL, held: list[tuple[int, Any]]) -> None:
     """Drop the packs before the weights they were made from can be freed."""
-    with _lock:
-        for address, _ in held:
-            lib.tokconv_pack_remove(address)
-        held.clear()
+    for address, _ in held:
+        lib.tokconv_pack_remove(address)
+    held.clear()
