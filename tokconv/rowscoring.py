@@ -26,9 +26,10 @@ from .models import LoadedModel
 from . import forward, head, runtime
 from .scoring import Cost, Scorer, Scores, _n_streams, _streams, max_rows
 
-# One model call costs about as much as this many extra forwarded tokens
-# (SmolLM2 on 2 CPU cores: ~100 ms per call, ~2.2 ms per token at batch size).
-CALL_COST_TOKENS = 40
+# One model call costs about as much as this many extra forwarded tokens. Tuned on SmolLM2 with
+# packed weights (small calls got cheaper): a 32-seed single-mode sweep at L=20 took 46.3/40.6 s
+# with 15, 49.5/44.5 s with 40 and 46.1/53.5 s with 6 (alternating runs in one process).
+CALL_COST_TOKENS = 15
 
 
 def supported(lm: LoadedModel, length: int) -> bool:
