@@ -42,7 +42,7 @@ def test_registered_weight_uses_its_pack_only_where_it_may():
     rng = np.random.default_rng(0)
     w = mx.array(rng.standard_normal((96, 80)).astype(np.float32))
     held: list = []
-    packing._add(runtime.packer(), w, held)
+    packing._add(packing.library(), w, held)
     assert len(held) == 1
     view = np.asarray(w)
     a = rng.standard_normal((7, 80)).astype(np.float32)
@@ -55,7 +55,7 @@ def test_registered_weight_uses_its_pack_only_where_it_may():
         # not from the pack: alpha other than 1, more rows than the limit, the same address with
         # fewer rows of weight (a slice), a single row (plain MKL is faster there)
         for call in (lambda: _sgemm(a, view, alpha=2.0),
-                     lambda: _sgemm(rng.standard_normal((runtime.pack_max_rows() + 1, 80)).astype(np.float32), view),
+                     lambda: _sgemm(rng.standard_normal((packing.row_limit() + 1, 80)).astype(np.float32), view),
                      lambda: _sgemm(a, view[:48]), lambda: _sgemm(a[:1], view)):
             before = _packed_calls()
             call()
@@ -72,7 +72,7 @@ def test_registered_weight_uses_its_pack_only_where_it_may():
         _sgemm(a, copy)
         assert _packed_calls() == before
     finally:
-        packing._release(runtime.packer(), held)
+        packing._release(packing.library(), held)
     before = _packed_calls()
     np.testing.assert_allclose(_sgemm(a, view), want, rtol=1e-5, atol=1e-4)
     assert _packed_calls() == before  # removed: plain MKL again

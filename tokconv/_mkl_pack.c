@@ -88,6 +88,7 @@ int tokconv_pack_init(const char *mkl) {
 }
 
 void tokconv_pack_set_max_rows(int rows) { max_rows = rows; }
+int tokconv_pack_get_max_rows(void) { return max_rows; }
 
 /* Pack the row-major n x k weight at `b` for products x @ b.T. 0 on success, -1 if already packed. */
 int tokconv_pack_add(const float *b, int n, int k) {

@@ -12,15 +12,65 @@ plain call up to float32 rounding.
 from __future__ import annotations
 
 import ctypes
+import os
 import weakref
+from collections.abc import Callable
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from pathlib import Path
+
 from tokconv import runtime
 
-_max_rows = runtime.pack_max_rows()
+_SOURCE = Path(__file__).with_name("_mkl_pack.c")
+_lib: ctypes.CDLL | None = None  # set by load_in_front_of during runtime.setup()
+
+
+def load_in_front_of(mkl_path: str, load_mkl: Callable[[], object]) -> None:
+    """Load the interposer into the global scope, then MKL (``load_mkl``), then point the one at
+    the other. Off with ``TOKCONV_NO_PACK=1``, and where gcc cannot build it (MKL still loads)."""
+    global _lib
+    lib = None
+    if os.environ.get("TOKCONV_NO_PACK") != "1":
+        try:  # first in the global scope: libmlx binds the first cblas_sgemm found there
+            lib = ctypes.CDLL(str(runtime.built(_SOURCE, ["-ldl", "-lpthread"])), mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            lib = None  # plain MKL: correct, only slower for short inputs
+    load_mkl()
+    if lib is None:
+        return
+    lib.tokconv_pack_add.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.tokconv_pack_remove.argtypes = [ctypes.c_void_p]
+    lib.tokconv_pack_init.argtypes = [ctypes.c_char_p]
+    if lib.tokconv_pack_init(mkl_path.encode()) == 0:
+        lib.tokconv_pack_set_max_rows(row_limit())
+        _lib = lib
+
+
+def row_limit() -> int:
+    """Most rows a matmul may have to use packed weights: ``TOKCONV_PACK_MAX_ROWS``, default 160.
+
+    Measured over all of SmolLM2's weights (``bench/pack_curve.py``): packed ran 1.3-1.5x the plain
+    call at 4-64 rows, 1.1-1.2x at 80-160, level to 0.95x from 512 rows on and 0.9x at one row (which
+    always goes plain); whole scoring calls at 8x20, 16x20, 1x100 and 1x150 were 3-14% faster with
+    160 than with 64."""
+    try:
+        return max(0, int(os.environ.get("TOKCONV_PACK_MAX_ROWS", "160")))
+    except ValueError:
+        return 160
+
+
+def loaded() -> bool:
+    """Whether the interposer is in place, without running :func:`tokconv.runtime.setup`."""
+    return _lib is not None
+
+
+def library() -> ctypes.CDLL | None:
+    """The interposer after :func:`tokconv.runtime.setup`, or None where it is off."""
+    runtime.setup()
+    return _lib
 
 
 @dataclass(frozen=True)
@@ -34,12 +84,12 @@ class PackStats:
 
 def available() -> bool:
     """True where the interposer is loaded (Linux CPU, MKL, gcc, not ``TOKCONV_NO_PACK=1``)."""
-    return runtime.packer() is not None
+    return library() is not None
 
 
 def stats() -> PackStats | None:
     """The interposer's counters, or None where it is off."""
-    lib = runtime.packer()
+    lib = library()
     if lib is None:
         return None
     out = (ctypes.c_longlong * 3)()
@@ -51,19 +101,16 @@ def stats() -> PackStats | None:
 def max_rows(rows: int) -> Iterator[None]:
     """Inside the block, matmuls with at most ``rows`` rows use the packs (0: none do); for
     side-by-side measurements and tests. Process-wide, like the BLAS thread count."""
-    global _max_rows
-    lib = runtime.packer()
+    lib = library()
     if lib is None:
         yield
         return
-    before = _max_rows
+    before = lib.tokconv_pack_get_max_rows()
     lib.tokconv_pack_set_max_rows(rows)
-    _max_rows = rows
     try:
         yield
     finally:
         lib.tokconv_pack_set_max_rows(before)
-        _max_rows = before
 
 
 def matmul_weights(model: Any) -> list[Any]:
@@ -80,8 +127,8 @@ def matmul_weights(model: Any) -> list[Any]:
 
 def pack_model(model: Any) -> int:
     """Register ``model``'s float32 matmul weights; returns how many were packed (0 where off)."""
-    lib = runtime.packer()
-    if lib is None or _max_rows == 0:  # TOKCONV_PACK_MAX_ROWS=0: no call would use a pack
+    lib = library()
+    if lib is None or lib.tokconv_pack_get_max_rows() == 0:  # no call would use a pack
         return 0
     held: list[tuple[int, Any]] = []
     # MKL lays a pack out for the threads it is made with: one made on 1 thread ran 2-thread

@@ -39,7 +39,6 @@ TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4
 JIT_FLAGS = ("-march=native -ffast-math -fno-finite-math-only -fno-semantic-interposition"
              " --param max-inline-insns-auto=1000")
 _SHIM_SOURCE = Path(__file__).with_name("_blas_shim.c")
-_PACK_SOURCE = Path(__file__).with_name("_mkl_pack.c")
 _DEBIAN_OPENBLAS = "/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0"
 _SET_THREADS = ("MKL_Set_Num_Threads", "scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
                 "openblas_set_num_threads")
@@ -89,7 +88,6 @@ class RuntimeInfo:
 
 
 _info: RuntimeInfo | None = None
-_packer: ctypes.CDLL | None = None
 _thread_streams = threading.local()  # MLX streams belong to the thread that made them
 
 
@@ -248,7 +246,9 @@ def _setup_blas(warnings: list[str]) -> str | None:
             errors.append(f"{label}: {str(exc).strip()[:200]}")
             continue
         if _sgemm_provider():
-            packed = f" with packed weights (<= {pack_max_rows()} rows)" if _packer is not None else ""
+            from tokconv import packing
+
+            packed = f" with packed weights (<= {packing.row_limit()} rows)" if packing.loaded() else ""
             return label + packed + _default_blas_threads()
         errors.append(f"{label}: exports no cblas_sgemm")
     fix = "; ".join(errors) or "pip install scipy-openblas32 (needs gcc) or apt-get install libopenblas0-pthread"
@@ -321,58 +321,21 @@ def _load_mkl(path: str) -> None:
         os.environ.setdefault("MKL_THREADING_LAYER", "SEQUENTIAL")
     os.environ.setdefault("MKL_INTERFACE_LAYER", "LP64")  # MLX passes 32-bit ints
     ctypes.CDLL(path)  # raises here if MKL cannot load, before anything is global
-    # The interposer goes into the global scope first: MLX gets the first cblas_sgemm found there.
-    packer = _load_packer()
-    ctypes.CDLL(path, ctypes.RTLD_GLOBAL)
-    if packer is not None and packer.tokconv_pack_init(path.encode()) == 0:
-        global _packer
-        packer.tokconv_pack_set_max_rows(pack_max_rows())
-        _packer = packer
+    from tokconv import packing  # its interposer must enter the global scope before MKL
 
-
-def _load_packer() -> ctypes.CDLL | None:
-    """The packed-weight interposer (``_mkl_pack.c``), unless ``TOKCONV_NO_PACK=1`` or no gcc."""
-    if os.environ.get("TOKCONV_NO_PACK") == "1":
-        return None
-    try:
-        lib = ctypes.CDLL(str(_built(_PACK_SOURCE, ["-ldl", "-lpthread"])), mode=ctypes.RTLD_GLOBAL)
-    except OSError:
-        return None  # plain MKL: correct, only slower for short inputs
-    lib.tokconv_pack_add.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-    lib.tokconv_pack_remove.argtypes = [ctypes.c_void_p]
-    lib.tokconv_pack_init.argtypes = [ctypes.c_char_p]
-    return lib
-
-
-def pack_max_rows() -> int:
-    """Most rows a matmul may have to use packed weights: ``TOKCONV_PACK_MAX_ROWS``, default 160.
-
-    Measured over all of SmolLM2's weights (``bench/pack_curve.py``): packed ran 1.3-1.5x the plain
-    call at 4-64 rows, 1.1-1.2x at 80-160, level to 0.95x from 512 rows on and 0.9x at one row (which
-    always goes plain); whole scoring calls at 8x20, 16x20, 1x100 and 1x150 were 3-14% faster with
-    160 than with 64."""
-    try:
-        return max(0, int(os.environ.get("TOKCONV_PACK_MAX_ROWS", "160")))
-    except ValueError:
-        return 160
-
-
-def packer() -> ctypes.CDLL | None:
-    """The loaded packed-weight library (see :mod:`tokconv.packing`), or None where it is off."""
-    setup()
-    return _packer
+    packing.load_in_front_of(path, lambda: ctypes.CDLL(path, ctypes.RTLD_GLOBAL))
 
 
 def _load_shimmed(lib: str, defines: tuple[str, ...]) -> None:
     """Load ``lib`` behind a cached shim (see ``_blas_shim.c``) exporting ``cblas_*gemm``."""
     lib = os.path.realpath(lib)
     st = os.stat(lib)
-    shim = _built(_SHIM_SOURCE, [*defines, "-Wl,--no-as-needed", lib, f"-Wl,-rpath,{os.path.dirname(lib)}"],
+    shim = built(_SHIM_SOURCE, [*defines, "-Wl,--no-as-needed", lib, f"-Wl,-rpath,{os.path.dirname(lib)}"],
                   lib.encode(), f"{st.st_size}:{st.st_mtime_ns}".encode())
     ctypes.CDLL(str(shim), mode=ctypes.RTLD_GLOBAL)
 
 
-def _built(source: Path, args: list[str], *key: bytes) -> Path:
+def built(source: Path, args: list[str], *key: bytes) -> Path:
     """``source`` compiled by gcc into a shared library, cached by its text, ``args`` and ``key``."""
     digest = _digest(source.read_bytes(), *key, *map(str.encode, args))
     out = cache_dir() / "runtime" / f"{source.stem.lstrip('_')}-{digest}.so"
