@@ -1,4 +1,5 @@
-"""The CPU scoring head (numpy, in place, chunked over threads) against a float64 reference."""
+"""The CPU scoring head (C where gcc builds it, else numpy; in place, over threads) against a
+float64 reference."""
 
 from __future__ import annotations
 
@@ -24,11 +25,20 @@ def logits(shape, seed=0) -> np.ndarray:
     return x
 
 
-@pytest.mark.parametrize("chunk_bytes", [head.CHUNK_BYTES, 3 * 4 * 1000 + 8])  # default; 3 rows per chunk
-def test_predict_matches_float64_reference_across_chunks_and_arrays(monkeypatch, chunk_bytes):
+def test_the_c_head_is_built_here():
+    # CI and this machine have gcc: the C loop, not the numpy fallback, is what scoring runs.
+    assert head._c_head() is not None
+
+
+# the C head; numpy with its default chunks; numpy with 3 rows per chunk
+@pytest.mark.parametrize("impl,chunk_bytes", [("c", head.CHUNK_BYTES), ("numpy", head.CHUNK_BYTES),
+                                              ("numpy", 3 * 4 * 1000 + 8)])
+def test_predict_matches_float64_reference_across_chunks_and_arrays(monkeypatch, impl, chunk_bytes):
     import mlx.core as mx
 
     monkeypatch.setattr(head, "CHUNK_BYTES", chunk_bytes)
+    if impl == "numpy":
+        monkeypatch.setattr(head, "_c_head", lambda: None)
     xs = [logits((3, 5, 1000), 0), logits((1, 7, 1000), 1)]  # 15 + 7 rows: uneven shares per core
     got = head.predict([mx.array(x) for x in xs])
     for x, (am, pr, en) in zip(xs, got):
@@ -60,3 +70,22 @@ def test_predict_leaves_the_logits_unchanged():
     arr = mx.array(x)
     head.predict([arr])
     np.testing.assert_array_equal(np.array(arr), x)
+
+
+def test_c_and_numpy_heads_agree_on_real_vocabulary_sized_rows_and_ties():
+    x = logits((1, 6, 49152), 5).reshape(6, 49152)
+    x[2, [10, 40000]] = x[2].max() + 1.0  # two equal maxima: the first one is the argmax
+    x[3, -1] = x[3].max() + 0.5  # the maximum in the last entry
+    outs = []
+    for fn in (head.entropy_rows, head.entropy_rows_numpy):
+        out = (np.empty(6, np.int64), np.empty(6, np.float32), np.empty(6, np.float32))
+        fn(x, *out)
+        outs.append(out)
+    ram, rpr, ren = reference(x)
+    for am, pr, en in outs:
+        np.testing.assert_array_equal(am, ram)
+        np.testing.assert_allclose(pr, rpr, rtol=1e-5)
+        np.testing.assert_allclose(en, ren, rtol=1e-5, atol=1e-5)
+    assert outs[0][0][2] == 10 and outs[0][0][3] == 49151
+    # the C head's block-wise double sums: within 1e-6 of float64 where numpy's float32 sums are not always
+    np.testing.assert_allclose(outs[0][2], ren, rtol=0, atol=2e-6)

@@ -3,7 +3,7 @@
  * MLX computes `x @ W.T` with cblas_sgemm(RowMajor, NoTrans, Trans, M, N, K, 1, x, K, W, K, 0,
  * out, N). For few rows (one sequence: M ~ 20) MKL spends most of such a call re-packing W into
  * its kernel's layout; cblas_sgemm_pack does that once per weight and cblas_sgemm_compute then
- * runs 1.3-1.5x faster at 4-64 rows and still ~1.1x at 80-160 (not at 1 row, nor from ~512 on,
+ * runs 1.3-1.5x faster at 4-64 rows and still 1.07-1.14x at 256-640 (not at 1 row, nor from ~2048 on,
  * hence the row limits). MLX has no hook for
  * this, so this library is loaded before MKL and exports cblas_sgemm itself: a call whose B is a
  * registered weight (same pointer, N, K, ldb, transposed, alpha 1) with at most `max_rows` rows
@@ -45,7 +45,7 @@ struct slot {
 };
 static struct slot table[SLOTS];
 static pthread_rwlock_t table_lock = PTHREAD_RWLOCK_INITIALIZER;
-static int max_rows = 160;
+static int max_rows = 1024;
 static size_t packed_bytes;
 static long long calls, hits; /* statistics for tests and benchmarks */
 

@@ -11,7 +11,7 @@ Environment: ``TOKCONV_BLAS`` (a library exporting ``cblas_sgemm``), and ``=1`` 
 ``TOKCONV_NO_FAST_BLAS``, ``TOKCONV_NO_MKL``, ``TOKCONV_NO_JIT_FLAGS``, ``TOKCONV_NO_MALLOC_TUNING``,
 ``TOKCONV_NO_REEXEC``, ``TOKCONV_NO_FAST_EXP`` (mlx-lm's own attention and RoPE instead of :mod:`tokconv.fastmath`'s),
 ``TOKCONV_NO_COMPILE`` (uncompiled model calls, :mod:`tokconv.forward`), ``TOKCONV_NO_PACK`` (no MKL packed
-weights, :mod:`tokconv.packing`); ``TOKCONV_PACK_MAX_ROWS`` (most rows a packed matmul may have, 160);
+weights, :mod:`tokconv.packing`); ``TOKCONV_PACK_MAX_ROWS`` (most rows a packed matmul may have, 1024);
 ``TOKCONV_BLAS_THREADS`` fixes the BLAS thread count (``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` too).
 """
 
@@ -381,7 +381,7 @@ def _setup_jit(warnings: list[str]) -> bool:
         warnings.append("no g++ on PATH, so mx.compile runs uncompiled (slow exp/silu): apt-get install g++")
         return False
     script = _WRAPPER.format(cxx=shlex.quote(cxx), flags=JIT_FLAGS)
-    home = cache_dir() / "runtime" / f"jit-{_digest(script.encode(), _cpu_flags())}"  # -march=native: per CPU
+    home = cache_dir() / "runtime" / f"jit-{_digest(script.encode(), cpu_flags())}"  # -march=native: per CPU
     wrapper = home / "bin" / "g++"
     if not wrapper.exists():
         wrapper.parent.mkdir(parents=True, exist_ok=True)
@@ -427,7 +427,8 @@ def _cpu_vendor() -> bytes:
     return _cpuinfo(b"vendor_id")
 
 
-def _cpu_flags() -> bytes:
+def cpu_flags() -> bytes:
+    """This CPU's feature flags (``/proc/cpuinfo``): part of the cache key of code built with ``-march=native``."""
     return _cpuinfo(b"flags")
 
 
