@@ -294,7 +294,8 @@ def _blas_candidates() -> list[tuple[str, Callable[[], object]]]:
 def _mkl_library() -> tuple[str, str] | None:
     """(path of libmkl_rt, version) from the ``mkl`` wheel on an Intel CPU, unless ``TOKCONV_NO_MKL=1``.
 
-    Intel only: MKL picks slower code paths on other vendors' CPUs, where OpenBLAS stays first."""
+    Intel only: MKL picks slower code paths on other vendors' CPUs, where OpenBLAS stays first
+    (measured on an AMD EPYC Zen 4: SmolLM2 scoring 1.3-2.4x slower on MKL, see BENCHMARKS.md)."""
     if os.environ.get("TOKCONV_NO_MKL") == "1" or b"GenuineIntel" not in _cpu_vendor():
         return None
     from importlib import metadata
