@@ -14,7 +14,7 @@ import streamlit as st  # noqa: E402
 
 import tokconv  # noqa: E402  (sets up the fast path before MLX is imported)
 from tokconv import models  # noqa: E402
-from ui import engine, frame, runstore  # noqa: E402
+from ui import frame, running, runstore  # noqa: E402
 
 st.set_page_config(page_title="tokconv", page_icon=":material/sync:", layout="wide")
 st.set_option("client.showErrorDetails", "none")  # also in .streamlit/config.toml, for runs from another folder
@@ -22,13 +22,13 @@ st.set_option("client.showErrorDetails", "none")  # also in .streamlit/config.to
 page = st.navigation(frame.pages())
 if page.url_path != frame.HISTORY:  # History says it itself, every time
     runstore.show_problem()  # once per session: the run database cannot be used, so runs are not saved
-engine.settle_interrupted()
+running.settle_interrupted()
 sidebar = st.sidebar.container()
 try:
     with frame.running():
         page.run()
 except Exception as exc:  # Streamlit's rerun/stop signals are BaseExceptions and pass through
-    engine.show_error(exc)
+    running.show_error(exc)
 
 with sidebar:
     st.caption(tokconv.RUNTIME.notice())
@@ -38,5 +38,5 @@ with sidebar:
         if loaded
         else "No model loaded yet: the first run loads one (seconds; a model's very first use converts it, 10-40 s)."
     )
-    st.caption(f"Runs this session: {len(engine.session_runs())}")
+    st.caption(f"Runs this session: {len(running.session_runs())}")
     st.caption(runstore.where())

@@ -50,7 +50,7 @@ def worker_mlx(model: str, shapes: list[tuple[int, int]]) -> dict:
     import numpy as np
 
     import tokconv
-    from tokconv.scoring import Scorer
+    from tokconv.engine import Scorer
 
     t0 = time.perf_counter()
     lm = tokconv.load(model)
@@ -73,7 +73,7 @@ def worker_torch(model: str, shapes: list[tuple[int, int]]) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tokconv.catalog import get_entry
+    from tokconv.models.catalog import get_entry
 
     path = get_entry(model).gguf_path()
     t0 = time.perf_counter()

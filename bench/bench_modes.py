@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import tokconv
-from tokconv import modes
-from tokconv.experiment import collect, prepare
-from tokconv.records import RunConfig
-from tokconv.scoring import ScoringSession
+from tokconv.experiments import modes
+from tokconv.experiments.experiment import collect, prepare
+from tokconv.experiments import RunConfig
+from tokconv.engine import ScoringSession
 
 
 class FullRescoreSession(ScoringSession):
@@ -65,10 +65,10 @@ def main() -> None:
                 same = [(s.position, s.new_token) for s in ours.steps] == [(s.position, s.new_token) for s in ref.steps]
                 if not same:
                     raise SystemExit(f"{mode} L={L} seed={seed}: cached and full re-scoring disagree")
-                tot["ours_tokens"] += ours.cost["forwarded_tokens"]
-                tot["ref_tokens"] += ref.cost["forwarded_tokens"]
-                tot["ours_passes"] += ours.cost["forward_passes"]
-                tot["ref_passes"] += ref.cost["forward_passes"]
+                tot["ours_tokens"] += ours.cost.forwarded_tokens
+                tot["ref_tokens"] += ref.cost.forwarded_tokens
+                tot["ours_passes"] += ours.cost.forward_passes
+                tot["ref_passes"] += ref.cost.forward_passes
                 tot["ours_s"] += t_ours
                 tot["ref_s"] += t_ref
             row = {"mode": mode, "length": L, "seeds": hi - lo + 1, **tot,

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import tokconv
-from tokconv.experiment import run
-from tokconv.sweep import SweepSpec, run_single_batch
+from tokconv.experiments.experiment import run
+from tokconv.experiments.sweep import SweepSpec, run_single_batch
 
 
 def main() -> None:
@@ -53,8 +53,8 @@ def main() -> None:
         "model": args.model, "length": args.length, "seeds": args.seeds, "batch": args.batch,
         "batched_s": t_batched, "serial_s": t_serial, "speedup": t_serial / t_batched,
         "identical_runs": same,
-        "batched_forwarded_tokens": round(sum(r.cost["forwarded_tokens"] for r in batched.values())),
-        "serial_forwarded_tokens": sum(r.cost["forwarded_tokens"] for r in serial.values()),
+        "batched_forwarded_tokens": round(sum(r.cost.forwarded_tokens for r in batched.values())),
+        "serial_forwarded_tokens": sum(r.cost.forwarded_tokens for r in serial.values()),
         "mean_iterations": sum(r.iterations for r in serial.values()) / len(serial),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

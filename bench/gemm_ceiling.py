@@ -60,7 +60,7 @@ def _worker(kind: str, seconds: float) -> dict:
                 a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
                 out["gflops"][f"{m}x{k}x{n}"] = _gflops(lambda a=a, b=b: a @ b, m, k, n, seconds)
         return out
-    import tokconv.runtime as rt
+    import tokconv.fastpath as rt
 
     out["runtime"] = rt.setup().notice()
     import mlx.core as mx

@@ -32,11 +32,12 @@ def main() -> None:
     import numpy as np
 
     import tokconv
-    from tokconv import packing, runtime
+    from tokconv import fastpath
+    from tokconv.fastpath import packing, threads
 
     lm = tokconv.load(args.model)
     if not packing.available():
-        raise SystemExit(f"packed weights are off here: {runtime.setup().notice()}")
+        raise SystemExit(f"packed weights are off here: {fastpath.setup().notice()}")
     weights = [np.asarray(w) for w in packing.matmul_weights(lm.model)]
     sgemm, f = ctypes.CDLL(None).cblas_sgemm, ctypes.c_float
     rng = np.random.default_rng(0)
@@ -56,8 +57,8 @@ def main() -> None:
 
     flops_per_row = 2 * sum(w.size for w in weights)
     table = []
-    for threads in (runtime.cores(), 1):
-        runtime.set_blas_threads(threads)
+    for n_threads in (threads.cores(), 1):
+        threads.set_blas_threads(n_threads)
         for m in rows_list:
             best = {"packed": float("inf"), "plain": float("inf")}
             for _ in range(args.rounds):
@@ -74,7 +75,7 @@ def main() -> None:
             table.append(row)
             print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"model": args.model, "weights": len(weights), "runtime": runtime.setup().notice(),
+    args.out.write_text(json.dumps({"model": args.model, "weights": len(weights), "runtime": fastpath.setup().notice(),
                                     "rows": table}, indent=1))
     print(f"\n{args.model}: all {len(weights)} matmul weights once per pass, best of {args.rounds}\n")
     print("| BLAS threads | rows | plain (ms) | packed (ms) | packed speedup | plain GFLOP/s | packed GFLOP/s |")

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from tokconv.catalog import DEFAULT_MODEL_A, DEFAULT_MODEL_B
-from tokconv.records import ADVERSARIAL_MODES, RunConfig
-from ui import controls, engine, frame, views
+from tokconv.experiments import ADVERSARIAL_MODES, RunConfig
+from tokconv.models import DEFAULT_MODEL_A, DEFAULT_MODEL_B
+from ui import controls, frame, running, views
 
 frame.inside_frame()
 
@@ -33,13 +33,13 @@ def config() -> RunConfig:
 
 
 if st.button("Run", type="primary", key="battle_run", help="Run the battle (identical settings reuse the earlier result)."):
-    result, current = engine.safe_execute(config, "battle"), True
+    result, current = running.safe_execute(config, "battle"), True
 else:
-    result, current = engine.shown_run(config, "battle")
+    result, current = running.shown_run(config, "battle")
 
 if result is not None:
     st.divider()
     if not current:
         st.caption("This is your last battle; the settings above have changed since. Press Run to run them.")
     views.battle_metrics(result)
-    views.run_view(result, f"battle_{engine.run_key(result.config)}", battle=True)
+    views.run_view(result, f"battle_{result.config.key()}", battle=True)

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from tokconv.records import RunResult
-from ui import engine, frame, views
+from tokconv.experiments import RunResult
+from ui import frame, running, views
 
 frame.inside_frame()
 
@@ -21,11 +21,11 @@ uploads = st.file_uploader(
 )
 sources: dict[str, dict[str, int]] = {}  # "model in run" -> token -> insertions
 of_run: dict[str, str] = {}  # "model in run" -> run key
-for entry in engine.session_runs():
+for entry in running.session_runs():
     if entry["origin"] == "sweep":
         continue
-    cut = " (interrupted)" if entry["result"]["status"] == "interrupted" else ""
-    for model, counts in entry["result"]["fingerprints"].items():
+    cut = " (interrupted)" if entry["result"].status == "interrupted" else ""
+    for model, counts in entry["result"].fingerprints.items():
         name = f"{model} in {entry['label']}{cut}"
         sources[name], of_run[name] = counts, entry["key"]
 for f in uploads or []:
@@ -33,7 +33,7 @@ for f in uploads or []:
         r = RunResult.from_json(f.getvalue().decode("utf-8", errors="replace"))
     except Exception as exc:
         st.caption(f"{f.name} could not be read:")
-        engine.show_error(exc)
+        running.show_error(exc)
         continue
     for model, counts in r.fingerprints.items():
         sources[f"{model} in {f.name}"] = counts

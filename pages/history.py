@@ -4,7 +4,7 @@ import datetime as dt
 
 import streamlit as st
 
-from ui import engine, frame, history, runstore, views
+from ui import frame, history, running, runstore, views
 
 frame.inside_frame()
 
@@ -83,7 +83,7 @@ with tab_open:
     try:
         result = store.get(rid)
     except Exception as exc:
-        engine.show_error(exc)
+        running.show_error(exc)
     else:
         st.caption(f"Run #{rid}, saved {history.saved_at(by_id[rid])}.")
         if result.config.adversarial:
@@ -106,7 +106,7 @@ with tab_compare:
         try:
             p, q = history.group_fingerprint(store, left), history.group_fingerprint(store, right)
         except Exception as exc:
-            engine.show_error(exc)
+            running.show_error(exc)
         else:
             names = [options[g[0]] if len(g) == 1 else f"{len(g)} fingerprints added up" for g in (left, right)]
             views.fingerprint_comparison(p, q, *names, "hist_cmp")

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from tokconv.catalog import DEFAULT_MODEL_A
-from tokconv.records import RunConfig, RunResult
-from ui import engine, frame, views
+from tokconv.experiments import RunConfig
+from tokconv.models import DEFAULT_MODEL_A
+from ui import frame, running, views
 
 frame.inside_frame()
 
@@ -44,13 +44,12 @@ Under adversarial pressure **Llama 3B collapsed to `!`** (100% of its insertions
 st.subheader("Try it")
 st.markdown(f"A small run: **{DEMO.model_a}**, sequential mode, {DEMO.length} random tokens. It takes a few seconds.")
 if st.button("Run a small example", type="primary", key="home_run", help="Runs SmolLM2 on 8 random tokens in sequential mode."):
-    result = engine.safe_execute(lambda: DEMO, "home")
+    result = running.safe_execute(lambda: DEMO, "home")
 else:
-    last = engine.last_run("home")
-    result = RunResult.from_dict(last) if last else None
+    result = running.last_run("home")
 if result is not None:
     views.summary(result)
-    views.sequence_scrubber(result, f"home_scrub_{engine.run_key(DEMO)}")
+    views.sequence_scrubber(result, f"home_scrub_{DEMO.key()}")
     if result.status == "converged":
         st.markdown(
             "Slide to 0 to see the random start. The model rewrote it into text it finds plausible, and its last pass "

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from tokconv.catalog import DEFAULT_MODEL_A
-from tokconv.records import SOLO_MODES, RunConfig
-from ui import controls, engine, frame, views
+from tokconv.experiments import SOLO_MODES, RunConfig
+from tokconv.models import DEFAULT_MODEL_A
+from ui import controls, frame, running, views
 
 frame.inside_frame()
 
@@ -30,12 +30,12 @@ def config() -> RunConfig:
 
 
 if st.button("Run", type="primary", key="solo_run", help="Run with these settings (identical settings reuse the earlier result)."):
-    result, current = engine.safe_execute(config, "solo"), True
+    result, current = running.safe_execute(config, "solo"), True
 else:
-    result, current = engine.shown_run(config, "solo")
+    result, current = running.shown_run(config, "solo")
 
 if result is not None:
     st.divider()
     if not current:
         st.caption("This is your last solo run; the settings above have changed since. Press Run to run them.")
-    views.run_view(result, f"solo_{engine.run_key(result.config)}")
+    views.run_view(result, f"solo_{result.config.key()}")

@@ -1,17 +1,17 @@
 """Sweep: iterations to convergence across seeds and lengths, against the original's claims.
 
-The grid runs through ``tokconv.sweep.run_sweep``, as ``tokconv sweep`` does: each run is saved to
+The grid runs through ``tokconv.experiments.sweep.run_sweep``, as ``tokconv sweep`` does: each run is saved to
 the run store as it finishes, single-mode runs of one length go as one batch, and runs already saved
 are skipped, so running a stopped sweep again resumes it.
 """
 
 import streamlit as st
 
-from tokconv import charts, frames
-from tokconv.catalog import DEFAULT_MODEL_A, DEFAULT_MODEL_B
-from tokconv.records import MAX_ITERATIONS, MODES
-from tokconv.sweep import SweepSpec
-from ui import controls, engine, frame, sweeping, views
+from tokconv.analysis import charts, frames
+from tokconv.experiments import MODES, SweepSpec
+from tokconv.experiments.config import MAX_ITERATIONS
+from tokconv.models import DEFAULT_MODEL_A, DEFAULT_MODEL_B
+from ui import controls, frame, running, sweeping, views
 
 frame.inside_frame()
 
@@ -59,7 +59,7 @@ if last is not None:
     try:
         runs = sweeping.grid_runs(last)
     except Exception as exc:
-        engine.show_error(exc)
+        running.show_error(exc)
     if stopped and len(runs) < len(last.keys):
         st.info(f"The sweep was stopped with {len(runs)} of {len(last.keys)} run(s) done. Press Run sweep again to finish it: saved runs are skipped.")
 if runs:

@@ -1,6 +1,6 @@
 """An independent causal-LM forward in plain numpy, read straight from a GGUF file.
 
-For tests only: it checks the MLX models made by ``tokconv.gguf_convert`` against a second,
+For tests only: it checks the MLX models made by ``tokconv.models.gguf_convert`` against a second,
 deliberately separate implementation. It imports neither mlx nor tokconv, and it works in
 llama.cpp's native GGUF conventions rather than the Hugging Face ones the converter targets:
 

@@ -15,10 +15,11 @@ import pandas as pd
 import pytest
 from tiny import constant_lm, run_tiny, successor_lm, table_lm
 
-from tokconv import models, modes
-from tokconv.experiment import Experiment, collect
-from tokconv.exporting import export_bytes, runs_from_json
-from tokconv.records import RunConfig
+from tokconv import models
+from tokconv.experiments import modes
+from tokconv.experiments.experiment import Experiment, collect
+from tokconv.store import export_bytes, runs_from_json
+from tokconv.experiments import RunConfig
 from tokconv.store import RunStore
 
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
@@ -55,9 +56,9 @@ def db(monkeypatch, tmp_path) -> Path:
 def tiny_model():
     """A random bigram model registered under a spec name: pages run it when it is typed in as 'other…'."""
     lm = table_lm(np.random.default_rng(0).normal(size=(12, 12)) * 2.0, name="tiny-noisy")
-    models._registry[lm.spec] = lm
+    models.register(lm)
     yield lm
-    models._registry.pop(lm.spec, None)
+    models.unregister(lm.spec)
 
 
 def _solo_tiny(at, seed: int):
@@ -353,7 +354,7 @@ def test_sweep_saves_its_runs_and_a_second_identical_sweep_skips_them(db, tiny_m
     store = RunStore(db)
     rows = store.list()
     assert sorted((r.length, r.seed) for r in rows) == [(4, 0), (4, 1), (6, 0), (6, 1)]
-    assert all(store.get(r.id).cost["batched_rows"] == 2 for r in rows)  # single-mode runs of one length, batched
+    assert all(store.get(r.id).cost.batched_rows == 2 for r in rows)  # single-mode runs of one length, batched
     bar = at.get("progress")[0]
     assert bar.value == 100 and bar.text == "All 4 run(s) done."
     assert "4 run(s): single · tiny-noisy" in _texts(at.subheader)

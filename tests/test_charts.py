@@ -9,9 +9,10 @@ import sys
 import pytest
 from tiny import constant_lm, successor_lm
 
-from tokconv import charts, compare, frames, modes
-from tokconv.experiment import Experiment, collect
-from tokconv.records import RunConfig, RunResult
+from tokconv.analysis import charts, compare, frames
+from tokconv.experiments import modes
+from tokconv.experiments.experiment import Experiment, collect
+from tokconv.experiments import RunConfig, RunResult
 
 
 def _run(mode, lms, start, **cfg) -> RunResult:
@@ -186,5 +187,5 @@ def test_describe_reads_the_numbers_in_words():
 
 
 def test_the_library_never_imports_streamlit():
-    code = "import sys, tokconv.charts, tokconv.frames, tokconv.compare; sys.exit('streamlit' in sys.modules)"
+    code = "import sys, tokconv.analysis.charts, tokconv.analysis.frames, tokconv.analysis.compare; sys.exit('streamlit' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from tokconv.catalog import get_entry
+from tokconv.models.catalog import get_entry
 from tokconv.errors import CorruptModelFile, ModelNotFound, UnsupportedArchitecture
-from tokconv.gguf_convert import (
+from tokconv.models.gguf_convert import (
     SUPPORTED_ARCHITECTURES,
     convert_gguf,
     gguf_architecture,
@@ -213,7 +213,7 @@ def test_unpermute_inverts_llama_cpp_permute() -> None:
 
 
 def test_converter_does_not_import_torch() -> None:
-    code = "import sys, tokconv.gguf_convert, tokconv.gguf_tokenizer; assert 'torch' not in sys.modules"
+    code = "import sys, tokconv.models.gguf_convert, tokconv.models.gguf_tokenizer; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

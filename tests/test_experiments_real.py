@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import tokconv
-from tokconv.experiment import run
-from tokconv.records import RunConfig, RunResult
+from tokconv.experiments.experiment import run
+from tokconv.experiments import RunConfig, RunResult
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def test_sequential_solo_converges_in_two_iterations(smollm2):
 def test_sequential_pass_forwards_each_token_about_once(smollm2):
     r = run(RunConfig(mode="sequential", length=24, seed=1))
     # one greedy pass over L tokens plus a confirming pass: O(L) forwarded tokens, not O(L^2)
-    assert r.cost["forwarded_tokens"] <= 2 * 24
+    assert r.cost.forwarded_tokens <= 2 * 24
 
 
 def test_same_settings_give_the_identical_run(smollm2):

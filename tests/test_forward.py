@@ -7,7 +7,7 @@ import pytest
 
 import tokconv  # noqa: F401  (runtime set up before mlx is imported)
 from conftest import make_tiny_lm
-from tokconv import forward
+from tokconv.engine import forward
 
 
 def _stream():
@@ -81,7 +81,7 @@ def test_compiled_steps_are_rebuilt_after_max_traces(monkeypatch):
     for n in (3, 4, 4, 5):
         caches = forward.make_caches(lm)
         mx.eval(forward.call(lm, mx.array(np.zeros((1, n), np.int64)), caches, _stream()))
-        fn, seen = lm.steps[str(_stream())]
+        fn, seen = forward._of(lm).steps[str(_stream())]
         fns.append(fn)
         assert len(seen) <= 2
     assert fns[0] is fns[1] is fns[2] and fns[3] is not fns[2]  # the third shape starts a new function
@@ -106,4 +106,4 @@ def test_compiled_steps_are_kept_for_a_few_streams_only(monkeypatch):
     tokens = mx.array(np.zeros((1, 3), np.int64))
     for s in streams:
         mx.eval(forward.call(lm, tokens, forward.make_caches(lm), s))
-    assert list(lm.steps) == [str(streams[1]), str(streams[2])]  # the first stream's function went
+    assert list(forward._of(lm).steps) == [str(streams[1]), str(streams[2])]  # the first stream's function went

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import tokconv  # noqa: F401  (runtime set up before mlx is imported)
-from tokconv import fastmath, head
+from tokconv.engine import head
+from tokconv.fastpath import kernels as fastmath
 
 
 def reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -8,9 +8,9 @@ import pytest
 from tiny import constant_lm, successor_lm, table_lm
 from tiny import experiment as _experiment
 from tiny import run_tiny as _run
-from tokconv import modes
-from tokconv.experiment import collect, fingerprints
-from tokconv.records import IterationEnd, RunConfig, RunEnd, RunResult, Step
+from tokconv.experiments import modes
+from tokconv.experiments.experiment import collect, fingerprints
+from tokconv.experiments import IterationEnd, RunConfig, RunEnd, RunResult, Step
 
 
 def test_sequential_solo_reaches_the_fixed_point_in_two_iterations():

@@ -1,4 +1,4 @@
-"""tokconv.packing: MKL's packed weights answer libmlx's cblas_sgemm, equal to the plain GEMM."""
+"""tokconv.fastpath.packing: MKL's packed weights answer libmlx's cblas_sgemm, equal to the plain GEMM."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 import tokconv  # noqa: F401  (runtime set up before mlx is imported)
 from conftest import make_tiny_lm
-from tokconv import packing, runtime
+from tokconv import fastpath
+from tokconv.fastpath import blas, packing
 
 pytestmark = pytest.mark.skipif(not packing.available(),
                                 reason="packed weights need Linux x86-64 with MKL on an Intel CPU and gcc")
@@ -32,8 +33,8 @@ def _packed_calls() -> int:
 
 
 def test_global_sgemm_is_the_interposer():
-    assert "mkl_pack" in runtime._sgemm_provider()
-    assert "packed weights" in runtime.setup().notice()
+    assert "mkl_pack" in blas.sgemm_provider()
+    assert "packed weights" in fastpath.setup().notice()
 
 
 def test_registered_weight_uses_its_pack_only_where_it_may():
@@ -79,7 +80,7 @@ def test_registered_weight_uses_its_pack_only_where_it_may():
 
 
 def test_model_scores_the_same_with_and_without_packs():
-    from tokconv.scoring import Scorer
+    from tokconv.engine import Scorer
 
     lm = make_tiny_lm(vocab_size=300, layers=2)
     n = packing.pack_model(lm.model)

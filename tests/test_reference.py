@@ -2,7 +2,7 @@
 
 ``reference_numpy`` reads the GGUF in llama.cpp's own conventions (permuted Q/K with
 adjacent-pair RoPE for llama, Gemma norms with the +1 folded in) and shares no code with
-``tokconv.gguf_convert``, so a converter mistake in layout, RoPE, norms or masking shows up
+``tokconv.models.gguf_convert``, so a converter mistake in layout, RoPE, norms or masking shows up
 here as differing logits. Each bundled model is converted twice: float32, checked tightly,
 and float16 (the weights users get), checked on predictions.
 """
@@ -60,8 +60,8 @@ def pair(request, tmp_path_factory):
     import mlx.core as mx
     from mlx_lm.utils import load_model
 
-    from tokconv.catalog import get_entry
-    from tokconv.gguf_convert import convert_gguf
+    from tokconv.models.catalog import get_entry
+    from tokconv.models.gguf_convert import convert_gguf
 
     entry = get_entry(request.param)
     if not entry.installed():
@@ -168,7 +168,7 @@ def test_gemma_cached_scoring_beyond_the_window_matches_a_full_forward(pair):
     import mlx.core as mx
 
     from tokconv.models import LoadedModel
-    from tokconv.scoring import Scorer
+    from tokconv.engine import Scorer
 
     window = pair.ref.hp.sliding_window
     if window is None:
@@ -214,7 +214,7 @@ def test_float16_conversion_predicts_like_reference(pair, sequences, ref_logits,
 
 
 def test_reference_continues_the_capital_of_france_with_paris():
-    from tokconv.catalog import get_entry
+    from tokconv.models.catalog import get_entry
 
     entry = get_entry("smollm2-135m")
     if not entry.installed():

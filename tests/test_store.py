@@ -12,8 +12,9 @@ import pytest
 
 from tiny import constant_lm, run_tiny, successor_lm
 from tokconv.errors import TokconvError
-from tokconv.records import RunResult
-from tokconv.store import RunStore, _create_v1, config_key, resolve_db_path
+from tokconv.experiments import RunResult
+from tokconv.store import RunStore, resolve_db_path
+from tokconv.store.database import _create_v1
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def test_a_first_schema_database_is_migrated_and_backfilled(tmp_path, result):
     store = RunStore(path)
     [row] = store.list(mode="adversarial")
     assert row.status == "oscillating" and row.model_b == "B"
-    assert config_key(result.config) in store.done_keys()
+    assert result.config.key() in store.done_keys()
     version = sqlite3.connect(path).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
     assert version == "2"
 
@@ -89,7 +90,7 @@ def test_two_writer_processes_lose_norun_tiny(tmp_path, result):
     RunStore(db)
     code = textwrap.dedent(f"""
         import sys
-        from tokconv.records import RunResult
+        from tokconv.experiments import RunResult
         from tokconv.store import RunStore
         r = RunResult.from_json(open({str(template)!r}).read())
         s = RunStore({str(db)!r})
@@ -106,11 +107,11 @@ def test_two_writer_processes_lose_norun_tiny(tmp_path, result):
 
 def test_an_interrupted_run_is_saved_whole_as_interrupted(tmp_path):
     from tiny import experiment
-    from tokconv.experiment import collect
+    from tokconv.experiments.experiment import collect
 
     exp = experiment("adversarial", [constant_lm(1, name="A"), constant_lm(2, name="B")], [0] * 5, iterations=50)
     r = collect(exp, exp.records(lambda: True))
     store = RunStore(tmp_path / "runs.sqlite")
     rid = store.save(r)
     assert store.get(rid).status == "interrupted"
-    assert config_key(r.config) not in store.done_keys()
+    assert r.config.key() not in store.done_keys()

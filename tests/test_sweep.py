@@ -7,9 +7,9 @@ import pytest
 
 from tiny import table_lm
 from tokconv import models
-from tokconv.experiment import run
+from tokconv.experiments.experiment import run
 from tokconv.store import RunStore
-from tokconv.sweep import SweepSpec, run_single_batch, run_sweep
+from tokconv.experiments.sweep import SweepSpec, run_single_batch, run_sweep
 
 
 @pytest.fixture
@@ -17,9 +17,9 @@ def noisy_lm():
     """A random bigram model registered under a spec name, so sweeps can load it."""
     rng = np.random.default_rng(0)
     lm = table_lm(rng.normal(size=(12, 12)) * 2.0, name="noisy")
-    models._registry["noisy"] = lm
+    models.register(lm)
     yield lm
-    models._registry.pop("noisy", None)
+    models.unregister(lm.spec)
 
 
 def _essence(r):

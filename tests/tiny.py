@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tokconv import modes
-from tokconv.experiment import Experiment, collect
+from tokconv.experiments import modes
+from tokconv.experiments.experiment import Experiment, collect
 from tokconv.models import LoadedModel
-from tokconv.records import RunConfig, RunResult
+from tokconv.experiments import RunConfig, RunResult
 
 
 class CharTokenizer:

@@ -4,10 +4,12 @@ The Python API in brief::
 
     import tokconv
     lm = tokconv.load("smollm2-135m")          # catalog name, .gguf path, mlx-lm folder or HF repo id
-    scores = tokconv.Scorer(lm).score([[1, 2, 3]])   # argmax, prob, entropy per position
+    scores = tokconv.Scorer(lm).score([lm.encode("The capital of France is Paris")])
+    result = tokconv.run(tokconv.RunConfig(mode="adversarial-single", model_a="smollm2-135m",
+                                           model_b="qwen2.5-coder-0.5b", length=20))
 
-On Linux CPU, importing tokconv first sets up the fast path (an optimized BLAS
-loaded before MLX, tuned JIT flags); see ``tokconv.runtime``.
+Importing tokconv first sets up the Linux CPU fast path (an optimized BLAS loaded before MLX,
+tuned JIT flags; :mod:`tokconv.fastpath`). The floors, top to bottom, are described in ARCHITECTURE.md.
 """
 
 import os as _os
@@ -15,16 +17,15 @@ import os as _os
 # transformers (used only for its tokenizer converter) warns at import that PyTorch is missing: not our concern.
 _os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from . import runtime as _runtime  # noqa: E402
+from . import fastpath as _fastpath  # noqa: E402
 
-RUNTIME = _runtime.setup()  # must run before mlx.core is imported anywhere
+RUNTIME = _fastpath.setup()  # must run before mlx.core is imported anywhere: everything below imports MLX
 
-from .catalog import CATALOG, DEFAULT_MODEL_A, DEFAULT_MODEL_B  # noqa: E402
+from .engine import Cost, Scorer, Scores, ScoringSession  # noqa: E402
 from .errors import TokconvError  # noqa: E402
-from .models import LoadedModel, load  # noqa: E402
-from .scoring import Cost, Scorer, Scores, ScoringSession  # noqa: E402
-
-__version__ = "0.1.0"
+from .experiments import RunConfig, RunResult, prepare, run  # noqa: E402
+from .models import CATALOG, DEFAULT_MODEL_A, DEFAULT_MODEL_B, LoadedModel, load  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = [
     "CATALOG",
@@ -33,10 +34,14 @@ __all__ = [
     "Cost",
     "LoadedModel",
     "RUNTIME",
+    "RunConfig",
+    "RunResult",
     "Scorer",
     "Scores",
     "ScoringSession",
     "TokconvError",
     "load",
+    "prepare",
+    "run",
     "__version__",
 ]

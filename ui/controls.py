@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from tokconv.catalog import CATALOG
+from tokconv.models import CATALOG
 from tokconv.errors import ModelNotFound
-from tokconv.records import MAX_ITERATIONS, MAX_LENGTH, MIN_LENGTH, MODE_HELP
+from tokconv.experiments.config import MAX_ITERATIONS, MAX_LENGTH, MIN_LENGTH, MODE_HELP
 
 OTHER = "other…"
 MODEL_HELP = (

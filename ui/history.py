@@ -15,9 +15,8 @@ import pandas as pd
 import streamlit as st
 
 from tokconv.errors import TokconvError
-from tokconv.exporting import export_bytes, runs_from_json
-from tokconv.records import RunResult
-from tokconv.store import RunRow, RunStore
+from tokconv.experiments import RunResult
+from tokconv.store import RunRow, RunStore, export_bytes, runs_from_json
 
 FLASH = "history_flash"  # session state: messages of the last import/delete, shown once
 IMPORTED = "history_imported"  # session state: ids of uploaded files already imported

@@ -17,7 +17,7 @@ import sqlite3
 import streamlit as st
 
 from tokconv.errors import TokconvError
-from tokconv.records import RunResult
+from tokconv.experiments import RunResult
 from tokconv.store import RunStore, resolve_db_path
 
 NOTICED = "store_noticed"  # session state: the database paths whose problem this session has been shown

@@ -1,4 +1,4 @@
-"""A sweep inside the dashboard: ``tokconv.sweep.run_sweep`` with a progress bar, the time left, Cancel, and the store.
+"""A sweep inside the dashboard: ``tokconv.experiments.sweep.run_sweep`` with a progress bar, the time left, Cancel, and the store.
 
 Streamlit stops a script only at an ``st.*`` call. ``run_sweep`` calls ``on_progress``
 after each finished (and already saved) run, where the bar moves; between model
@@ -17,11 +17,10 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from tokconv.records import RunResult
-from tokconv.store import config_key
-from tokconv.sweep import SweepProgress, SweepSpec, run_sweep
+from tokconv.experiments import RunResult, SweepSpec
+from tokconv.experiments.sweep import SweepProgress, run_sweep
 
-from . import engine, runstore
+from . import running, runstore
 from .views import status_sentence
 
 LAST = "sweep_last"  # session state: the latest sweep (a SweepState)
@@ -72,9 +71,9 @@ def run(spec_fn: Callable[[], SweepSpec]) -> None:
         spec = spec_fn()
         configs = spec.configs()
     except Exception as exc:
-        engine.show_error(exc)
+        running.show_error(exc)
         return
-    state = SweepState([config_key(c) for c in configs])
+    state = SweepState([c.key() for c in configs])
     st.session_state[LAST] = state
     store = runstore.store()
     cancel = st.empty()
@@ -88,10 +87,10 @@ def run(spec_fn: Callable[[], SweepSpec]) -> None:
             if p.skipped:
                 note.info(f"{p.skipped} run(s) already saved, skipped.")
             if p.skipped < p.total:
-                engine.load_models(configs[0].models, line.caption)
+                running.load_models(configs[0].models, line.caption)
         else:
             if store is None:
-                state.runs[config_key(p.last.config)] = p.last.to_dict()
+                state.runs[p.last.config.key()] = p.last
             r: RunResult = p.last
             line.caption(f"Latest: length {r.config.length}, seed {r.config.seed}: {status_sentence(r)}")
         bar.progress(p.done / p.total if p.total else 1.0, text=progress_text(p))
@@ -111,7 +110,7 @@ def run(spec_fn: Callable[[], SweepSpec]) -> None:
         st.error(f"A run could not be saved to {store.path if store else 'the run database'} ({exc}); the sweep stopped there.")
         st.info("Check the disk and the database file, then run the sweep again: the saved runs are skipped.")
     except Exception as exc:
-        engine.show_error(exc)
+        running.show_error(exc)
     st.session_state.pop(RUNNING, None)  # not reached when Streamlit stops the script: the next run sees it was cut short
     cancel.empty()
     beat.empty()

@@ -9,10 +9,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from tokconv import charts, compare, frames
-from tokconv.commands.run import STATUS_WORDS
-from tokconv.display import token_repr, visible
-from tokconv.records import RunResult
+from tokconv.analysis import charts, compare, frames
+from tokconv.analysis.display import STATUS_WORDS, token_repr, visible
+from tokconv.experiments import RunResult
 
 # Semi-transparent fills and borders read well on both the light and the dark theme.
 _CHIP = "display:inline-block;margin:2px 1px;padding:0 4px;border-radius:4px;font-family:monospace;white-space:pre;"

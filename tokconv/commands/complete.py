@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..catalog import DEFAULT_MODEL_A
+from mlx_lm import stream_generate
+
 from ..errors import InvalidTokens
+from ..models import DEFAULT_MODEL_A, load
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,10 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def greedy_complete(spec: str, prompt: str, max_tokens: int, progress=None):
     """Yield the greedy continuation of ``prompt`` piece by piece (text)."""
-    from mlx_lm import stream_generate
-
-    from ..models import load
-
     if not 1 <= max_tokens <= 1024:
         raise InvalidTokens(f"--max-tokens must be between 1 and 1024, got {max_tokens}", "pick a number in range")
     if not prompt:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..models import CATALOG, converted_dir_for
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["table", "json"], default="table", help="output format")
@@ -12,9 +14,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def catalog_rows() -> list[dict]:
     """One row per catalog model: name, family, parameters, installed, converted."""
-    from ..catalog import CATALOG
-    from ..models import converted_dir_for
-
     rows = []
     for entry in CATALOG.values():
         out = converted_dir_for(entry.name)

@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..catalog import DEFAULT_MODEL_A, DEFAULT_MODEL_B
+from ..analysis.report import ReportSpec, report
 from ..errors import TokconvError
+from ..experiments import RunConfig
+from ..models import DEFAULT_MODEL_A, DEFAULT_MODEL_B
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -31,9 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..records import RunConfig
-    from ..report import ReportSpec, report
-
     seeds = parse_seeds(args.seeds)
     if not seeds:
         raise TokconvError("no seeds given", "write a range like 0-7")

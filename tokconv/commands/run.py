@@ -6,18 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..catalog import DEFAULT_MODEL_A, DEFAULT_MODEL_B
-from ..display import fingerprint_block, token_repr, visible
-from ..records import ADVERSARIAL_MODES, MAX_ITERATIONS, MAX_LENGTH, MIN_LENGTH, MODE_HELP, IterationEnd, RunConfig, RunEnd, Step
-
-STATUS_WORDS = {
-    "converged": "converged",
-    "oscillating": "oscillating",
-    "all-blocked": "stopped: every remaining disagreement is at a blocked position",
-    "max-iterations": "stopped at the iteration limit without converging",
-    "interrupted": "interrupted",
-}
-
+from ..analysis.display import STATUS_WORDS, fingerprint_block, token_repr, visible
+from ..experiments import ADVERSARIAL_MODES, IterationEnd, RunConfig, RunEnd, Step, collect, prepare
+from ..experiments.config import MAX_ITERATIONS, MAX_LENGTH, MIN_LENGTH, MODE_HELP
+from ..models import DEFAULT_MODEL_A, DEFAULT_MODEL_B
+from ..store import RunStore
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-l", "--length", type=int, default=10, help=f"number of random start tokens ({MIN_LENGTH}-{MAX_LENGTH}, default 10)")
@@ -52,10 +45,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..experiment import collect, prepare
-
-    from ..store import RunStore
-
     config = config_from_args(args)  # validates before any model loads
     store = None if args.no_save else RunStore(args.db)  # a bad database is reported before the run, not after
     err = sys.stderr
@@ -82,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"\n{words}{period} after {result.iterations} iteration(s)")
     print(f"final: {visible(result.final_text)}")
     c = result.cost
-    print(f"cost: {c['forward_passes']} forward passes, {c['forwarded_tokens']} forwarded tokens, {c['wall_seconds']:.1f} s")
+    print(f"cost: {c.forward_passes} forward passes, {c.forwarded_tokens:g} forwarded tokens, {c.wall_seconds:.1f} s")
     if config.adversarial or not args.quiet:
         print()
         print(fingerprint_block(result.fingerprints))

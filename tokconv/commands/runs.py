@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import TokconvError
+from ..store import RunStore, export_runs, read_runs_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,9 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..exporting import export_runs, read_runs_json
-    from ..store import RunStore
-
     store = RunStore(args.db)
     if args.action == "list":
         rows = store.list(mode=args.mode, model=args.model, status=args.status)

@@ -6,8 +6,11 @@ import argparse
 import sys
 from collections import Counter, defaultdict
 
-from ..catalog import DEFAULT_MODEL_A
 from ..errors import TokconvError
+from ..experiments import SweepSpec
+from ..experiments.sweep import run_sweep
+from ..models import DEFAULT_MODEL_A
+from ..store import RunStore
 from .report import parse_seeds
 
 
@@ -42,9 +45,6 @@ def _fmt(seconds: float | None) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..store import RunStore
-    from ..sweep import SweepSpec, run_sweep
-
     spec = SweepSpec(
         model=args.model, model_b=args.model_b, mode=args.mode, lengths=parse_ints(args.lengths, "lengths"),
         seeds=tuple(parse_seeds(args.seeds)), iterations=args.iterations, block_after=args.block_after,

@@ -1,0 +1,282 @@
+"""The five convergence modes as generators of step records.
+
+Every mode works on token ids through :class:`Player` objects (a model plus a
+KV-cached scoring session). A replacement always puts the acting model's argmax
+prediction at one position; position 0 has no prediction of its own in the
+original experiment and always keeps its token.
+
+Two models with the same vocabulary share token positions directly. Two models
+with different tokenizers share *text*: on its turn a model encodes the current
+text with its own tokenizer, makes its move(s), and decodes the result; positions
+in its steps are indices into its own tokenization of that text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..engine import Scorer, Scores, ScoringSession
+from ..models import LoadedModel
+from .config import MODES, RunConfig
+from .records import IterationEnd, Record, RunEnd, Step
+
+
+@dataclass
+class Player:
+    """One model taking part in a run."""
+
+    lm: LoadedModel
+    index: int
+    label: str
+    session: ScoringSession = field(init=False)
+    flips: dict[int, int] = field(default_factory=dict)  # position -> times this player changed it
+    blocked: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.session = Scorer(self.lm).session()
+
+    def piece(self, token: int) -> str:
+        return self.lm.token_text(token)
+
+
+class State:
+    """The sequence the players act on: ids when all players share a vocabulary, else text."""
+
+    def __init__(self, players: list[Player], start_ids: list[int], shared_ids: bool) -> None:
+        self.players = players
+        self.shared_ids = shared_ids
+        self.ids = list(start_ids)
+        self.text = players[0].lm.decode(start_ids)
+        self._encoded: dict[int, tuple[str, list[int]]] = {}
+        # Across tokenizers one model's token can be two of the other's, so the text could grow
+        # without bound; each model keeps at most as many tokens as the start text has in its own
+        # tokenization (a longer text loses its tail on that model's turn).
+        self.caps = {p.index: max(2, len(p.lm.encode(self.text))) for p in players} if not shared_ids else {}
+
+    def ids_for(self, p: Player) -> list[int]:
+        """The sequence in ``p``'s tokenization (capped at its token count of the start text)."""
+        if self.shared_ids:
+            return list(self.ids)
+        cached = self._encoded.get(p.index)
+        if cached is None or cached[0] != self.text:
+            cached = (self.text, p.lm.encode(self.text)[: self.caps[p.index]])
+            self._encoded[p.index] = cached
+        return list(cached[1])
+
+    def update(self, p: Player, ids: list[int]) -> None:
+        """Set the state from ``p``'s tokens after its move."""
+        self.ids = list(ids)
+        self.text = p.lm.decode(ids)
+        if not self.shared_ids:
+            self._encoded = {p.index: (self.text, list(ids))}
+
+    def key(self) -> tuple:
+        """A hashable snapshot, for detecting cycles."""
+        return tuple(self.ids) if self.shared_ids else (self.text,)
+
+
+def _step(p: Player, iteration: int, pos: int, old: int, new: int, entropy: float, prob: float) -> Step:
+    return Step(iteration, p.label, p.index, pos, int(old), int(new), p.piece(old), p.piece(new), float(entropy), float(prob))
+
+
+def iteration_end(p: Player, iteration: int, ids: list[int], changes: int, blocked=()) -> IterationEnd:
+    pieces = tuple(p.piece(t) for t in ids)
+    return IterationEnd(iteration, p.label, p.index, tuple(int(t) for t in ids), pieces, "".join(pieces), changes, tuple(sorted(blocked)))
+
+
+def sequential_pass(p: Player, ids: list[int], iteration: int) -> Iterator[Step]:
+    """One greedy left-to-right pass; yields each replacement and leaves the result in ``ids``.
+
+    Predictions are fetched lazily: right after a change only the changed token
+    is forwarded; after agreements the look-ahead doubles, so a pass over an
+    already consistent sequence takes a few model calls, not L.
+    """
+    arr = np.array([ids], dtype=np.int64)
+    L = arr.shape[1]
+    valid, chunk, scores = 0, 0, None
+    for i in range(1, L):
+        if scores is None or i > valid:
+            valid = min(L - 1, i + chunk)
+            scores = p.session.score(arr, upto=valid)
+        pred = int(scores.argmax[0, i])
+        if pred != arr[0, i]:
+            yield _step(p, iteration, i, arr[0, i], pred, scores.entropy[0, i], scores.prob[0, i])
+            arr = arr.copy()
+            arr[0, i] = pred
+            ids[i] = pred
+            valid, chunk = i, 0  # predictions after i are stale now
+        else:
+            chunk = max(1, 2 * chunk)
+
+
+def mismatch_positions(scores: Scores, ids, row: int = 0) -> np.ndarray:
+    """Positions (>= 1) of ``row`` where the prediction differs from the token."""
+    arr = np.asarray(ids)
+    return np.nonzero(scores.argmax[row, 1:] != arr[1:])[0] + 1
+
+
+def mismatches(p: Player, ids: list[int]):
+    """Scores of ``ids`` and the positions (>= 1) where the prediction differs from the token."""
+    scores = p.session.score(np.array([ids], dtype=np.int64))
+    return scores, mismatch_positions(scores, ids)
+
+
+def pick_single(scores: Scores, ids, blocked: set[int], row: int = 0) -> int | None:
+    """The highest-entropy unblocked mismatch (ties: lowest position), or None if there is none."""
+    pos = np.array([i for i in mismatch_positions(scores, ids, row) if i not in blocked], dtype=np.int64)
+    if pos.size == 0:
+        return None
+    return int(pos[np.argmax(scores.entropy[row, pos])])  # argmax takes the first of equal maxima
+
+
+def apply_single(p: Player, scores: Scores, ids: list[int], i: int, iteration: int, block_after: int, row: int = 0) -> Step:
+    """Put the prediction at ``i``, count the flip and block the position once it flipped ``block_after`` times."""
+    step = _step(p, iteration, i, ids[i], scores.argmax[row, i], scores.entropy[row, i], scores.prob[row, i])
+    ids[i] = step.new_token
+    p.flips[i] = p.flips.get(i, 0) + 1
+    if p.flips[i] >= block_after:
+        p.blocked.add(i)
+    return step
+
+
+def single_turn(p: Player, scores: Scores, ids: list[int], iteration: int, block_after: int,
+                row: int = 0) -> tuple[Step | None, IterationEnd]:
+    """One single-token turn from ``scores``: the highest-entropy unblocked mismatch replaced in
+    ``ids`` (None when there is none), and the iteration's end record. Solo single mode,
+    adversarial-single and the lockstep sweep all move through here."""
+    i = pick_single(scores, ids, p.blocked, row)
+    step = None if i is None else apply_single(p, scores, ids, i, iteration, block_after, row)
+    return step, iteration_end(p, iteration, ids, int(step is not None), p.blocked)
+
+
+def stuck_status(mismatches_left: int) -> str:
+    """How a single-token run ends when no move is left: ``converged``, or ``all-blocked``."""
+    return "converged" if mismatches_left == 0 else "all-blocked"
+
+
+def _single_turn(p: Player, ids: list[int], iteration: int, block_after: int) -> tuple[Step | None, IterationEnd]:
+    return single_turn(p, p.session.score(np.array([ids], dtype=np.int64)), ids, iteration, block_after)
+
+
+def run_sequential(players: list[Player], state: State, config: RunConfig) -> Iterator[Record]:
+    """Solo greedy passes until a pass changes nothing."""
+    p, max_iter = players[0], config.iterations
+    for it in range(1, max_iter + 1):
+        ids = state.ids_for(p)
+        steps = yield from _collect(sequential_pass(p, ids, it))
+        state.update(p, ids)
+        yield iteration_end(p, it, ids, steps)
+        if steps == 0:
+            yield RunEnd("converged", it, None, state.text)
+            return
+    yield RunEnd("max-iterations", max_iter, None, state.text)
+
+
+def run_single(players: list[Player], state: State, config: RunConfig) -> Iterator[Record]:
+    """Solo: one highest-entropy replacement per iteration, with blocking."""
+    p, max_iter = players[0], config.iterations
+    for it in range(1, max_iter + 1):
+        ids = state.ids_for(p)
+        step, end = _single_turn(p, ids, it, config.block_after)
+        if step is not None:
+            yield step
+            state.update(p, ids)
+        yield end
+        if step is None:
+            yield RunEnd(stuck_status(mismatches(p, ids)[1].size), it, None, state.text)
+            return
+    yield RunEnd("max-iterations", max_iter, None, state.text)
+
+
+def run_batch(players: list[Player], state: State, config: RunConfig) -> Iterator[Record]:
+    """Solo Jacobi iteration: every mismatch replaced at once from one scoring; cycles detected."""
+    p, max_iter = players[0], config.iterations
+    seen = {state.key(): 0}
+    for it in range(1, max_iter + 1):
+        ids = state.ids_for(p)
+        scores, pos = mismatches(p, ids)
+        for i in pos:
+            yield _step(p, it, int(i), ids[i], scores.argmax[0, i], scores.entropy[0, i], scores.prob[0, i])
+            ids[i] = int(scores.argmax[0, i])
+        state.update(p, ids)
+        yield iteration_end(p, it, ids, int(pos.size))
+        if pos.size == 0:
+            yield RunEnd("converged", it, None, state.text)
+            return
+        key = state.key()
+        if key in seen:
+            yield RunEnd("oscillating", it, it - seen[key], state.text)
+            return
+        seen[key] = it
+    yield RunEnd("max-iterations", max_iter, None, state.text)
+
+
+def run_adversarial(players: list[Player], state: State, config: RunConfig) -> Iterator[Record]:
+    """Two models alternate full sequential passes; converged when a full round changes nothing."""
+    max_iter = config.iterations
+    seen = {(state.key(), 0): 0}
+    quiet = 0  # consecutive passes that changed nothing
+    for it in range(1, max_iter + 1):
+        p = players[(it - 1) % 2]
+        ids = state.ids_for(p)
+        steps = yield from _collect(sequential_pass(p, ids, it))
+        state.update(p, ids)
+        yield iteration_end(p, it, ids, steps)
+        quiet = quiet + 1 if steps == 0 else 0
+        if quiet >= 2:
+            yield RunEnd("converged", it, None, state.text)
+            return
+        key = (state.key(), it % 2)  # the state and whose turn is next
+        if key in seen:
+            yield RunEnd("oscillating", it, it - seen[key], state.text)
+            return
+        seen[key] = it
+    yield RunEnd("max-iterations", max_iter, None, state.text)
+
+
+def run_adversarial_single(players: list[Player], state: State, config: RunConfig) -> Iterator[Record]:
+    """Two models alternate single replacements with blocking; ends when neither can move."""
+    max_iter = config.iterations
+    shared = state.shared_ids
+    if shared:  # one flip count per position, whoever flips it
+        players[1].flips, players[1].blocked = players[0].flips, players[0].blocked
+    idle = 0  # consecutive turns without a move
+    for it in range(1, max_iter + 1):
+        p = players[(it - 1) % 2]
+        ids = state.ids_for(p)
+        step, end = _single_turn(p, ids, it, config.block_after)
+        if step is not None:
+            yield step
+            state.update(p, ids)
+        yield end
+        idle = 0 if step is not None else idle + 1
+        if idle >= 2:
+            left = sum(mismatches(q, state.ids_for(q))[1].size for q in players)
+            yield RunEnd(stuck_status(left), it, None, state.text)
+            return
+    yield RunEnd("max-iterations", max_iter, None, state.text)
+
+
+def _collect(steps: Iterator[Step]):
+    """Re-yield steps and return how many there were (use with ``yield from``)."""
+    n = 0
+    for s in steps:
+        n += 1
+        yield s
+    return n
+
+
+Runner = Callable[[list[Player], State, RunConfig], Iterator[Record]]
+
+# Each mode's generator, by the name tokconv.experiments.config.MODES gives it.
+RUNNERS: dict[str, Runner] = {
+    "sequential": run_sequential,
+    "single": run_single,
+    "batch": run_batch,
+    "adversarial": run_adversarial,
+    "adversarial-single": run_adversarial_single,
+}
+assert RUNNERS.keys() == MODES.keys(), "every mode in config.MODES needs a runner here"

@@ -1,0 +1,129 @@
+"""Load a model spec (see :mod:`.resolve`) into an MLX model and tokenizer, once per process.
+
+GGUF files are converted once into a standard mlx-lm folder in the cache; later
+loads read that folder. Loaded models are shared by every caller in the process
+(the dashboard serves many browser sessions from one process), so loading is
+guarded by locks and each model carries an ``RLock`` for its forward passes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlx_lm
+
+from .. import fastpath
+from ..errors import ModelNotFound, TokconvError
+from .resolve import ProgressFn, resolve
+
+
+@dataclass(eq=False)  # identity, not field equality: engine state is kept per loaded model
+class LoadedModel:
+    """A model ready for scoring: the MLX module, its tokenizer and what we know about it."""
+
+    name: str
+    spec: str
+    path: Path
+    model: Any  # mlx.nn.Module
+    tokenizer: Any  # mlx_lm TokenizerWrapper
+    architecture: str
+    family: str
+    vocab_size: int
+    bos_id: int | None  # prepended to every scored sequence when the tokenizer adds one
+    load_seconds: float
+    converted: bool  # whether this load had to convert a GGUF first
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without any BOS token (tokconv adds BOS itself when scoring)."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ``ids``."""
+        return self.tokenizer.decode(list(ids))
+
+    def token_text(self, token_id: int) -> str:
+        """Text of one token id."""
+        return self.tokenizer.decode([int(token_id)])
+
+
+_registry: dict[str, LoadedModel] = {}
+_registry_lock = threading.RLock()
+_spec_locks: dict[str, threading.RLock] = {}
+
+
+def _bos_id(tokenizer: Any) -> int | None:
+    """The BOS id when the tokenizer prepends one to plain text (Gemma), else None (SmolLM2, Qwen)."""
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    bos = getattr(hf, "bos_token_id", None)
+    if bos is None:
+        return None
+    probe = hf.encode("a", add_special_tokens=True)
+    return int(bos) if probe and probe[0] == bos else None
+
+
+def load(spec: str, progress: ProgressFn | None = None) -> LoadedModel:
+    """Load a model once per process and return the shared instance (thread-safe)."""
+    spec = spec.strip()
+    with _registry_lock:
+        if spec in _registry:
+            return _registry[spec]
+        spec_lock = _spec_locks.setdefault(spec, threading.RLock())
+    with spec_lock:  # one loader per spec; other specs load in parallel
+        with _registry_lock:
+            if spec in _registry:
+                return _registry[spec]
+        fastpath.setup()
+        t0 = time.perf_counter()
+        path, facts, converted = resolve(spec, progress)
+        if progress:
+            progress(f"Loading {facts['name']} into memory")
+        try:
+            model, tokenizer = mlx_lm.load(str(path))
+        except TokconvError:
+            raise
+        except Exception as exc:
+            raise ModelNotFound(
+                f"mlx-lm could not load the model folder {path}: {exc}",
+                "if tokconv made this folder, delete it to convert again; otherwise check it was made by mlx_lm.convert",
+            ) from exc
+        fastpath.prepare_model(model)  # fp32 weights, kernels and packs on Linux CPU
+        vocab_size = int(model.args.vocab_size) if hasattr(model, "args") else len(tokenizer.vocab)
+        loaded = LoadedModel(
+            name=facts["name"],
+            spec=spec,
+            path=path,
+            model=model,
+            tokenizer=tokenizer,
+            architecture=facts["architecture"],
+            family=facts["family"],
+            vocab_size=vocab_size,
+            bos_id=_bos_id(tokenizer),
+            load_seconds=time.perf_counter() - t0,
+            converted=converted,
+        )
+        with _registry_lock:
+            _registry[spec] = loaded
+        return loaded
+
+
+def loaded_specs() -> list[str]:
+    """Specs currently held in memory."""
+    with _registry_lock:
+        return list(_registry)
+
+
+def register(lm: LoadedModel) -> None:
+    """Make a model built in code (a test model, a model loaded elsewhere) loadable under its spec."""
+    with _registry_lock:
+        _registry[lm.spec] = lm
+
+
+def unregister(spec: str) -> None:
+    """Forget the model held under ``spec`` (the next :func:`load` loads it again)."""
+    with _registry_lock:
+        _registry.pop(spec, None)
