@@ -15,6 +15,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 from . import packing, threads
@@ -81,8 +82,6 @@ def mkl_library() -> tuple[str, str] | None:
     (measured on an AMD EPYC Zen 4, see BENCHMARKS.md)."""
     if os.environ.get("TOKCONV_NO_MKL") == "1" or b"GenuineIntel" not in cpu_vendor():
         return None
-    from importlib import metadata
-
     try:
         dist = metadata.distribution("mkl")
     except metadata.PackageNotFoundError:

@@ -22,6 +22,7 @@ import threading
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models import base, gemma3_text, llama, qwen2
 
 
 @mx.compile
@@ -82,8 +83,6 @@ def install() -> None:
     global _original_attention, _installed
     if _installed:
         return
-    from mlx_lm.models import base, gemma3_text, llama, qwen2
-
     _installed = True
     _original_attention = getattr(base, "scaled_dot_product_attention", None)
     if _original_attention is None:  # an mlx-lm without this hook (requirements pin one with it): stay native

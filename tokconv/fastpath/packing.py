@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import threads
 from .build import built
 
@@ -143,7 +145,6 @@ def pack_model(model: Any) -> int:
 
 def _add(lib: ctypes.CDLL, w: Any, held: list[tuple[int, Any]]) -> None:
     import mlx.core as mx  # not at import: this module loads during setup, before MLX may
-    import numpy as np
 
     if w.dtype != mx.float32 or w.ndim != 2:
         return  # quantized or half-precision layers never reach cblas_sgemm

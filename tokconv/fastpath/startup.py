@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from . import threads
+from . import packing, threads
 from .blas import setup_blas
 from .jit import setup_allocator, setup_jit
 
@@ -93,8 +93,6 @@ def prepare_model(model: Any) -> None:
 
         kernels.install()
         kernels.use_table_rope(model)
-    from . import packing
-
     packing.pack_model(model)
 
 

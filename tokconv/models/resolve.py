@@ -14,6 +14,8 @@ import socket
 from pathlib import Path
 from typing import Any, Callable
 
+from mlx_lm.utils import _download, hf_repo_to_path
+
 from ..errors import ModelNotFound
 from ..paths import models_dir
 from .catalog import CATALOG, file_fingerprint, get_entry
@@ -92,8 +94,6 @@ def resolve(spec: str, progress: ProgressFn | None = None) -> tuple[Path, dict[s
 
     if _looks_like_repo_id(spec):
         try:
-            from mlx_lm.utils import hf_repo_to_path
-
             local = hf_repo_to_path(spec)  # already in the Hugging Face cache: no network needed
             config = json.loads((local / "config.json").read_text())
             arch = str(config.get("model_type", "unknown"))
@@ -106,8 +106,6 @@ def resolve(spec: str, progress: ProgressFn | None = None) -> tuple[Path, dict[s
                 f"connect to the internet to download it, or use a bundled model ({', '.join(CATALOG)})",
             )
         say(f"Downloading {spec} from the Hugging Face Hub")
-        from mlx_lm.utils import _download
-
         try:
             local = _download(spec)
         except Exception as exc:  # the hub client raises many types; all mean the same to a user
