@@ -7,6 +7,10 @@ invocation so ratios compare like with like on a noisy machine.
 
     .venv/bin/python bench/bench_engine.py                 # everything (~15-25 min)
     .venv/bin/python bench/bench_engine.py --models smollm2-135m --shapes 1x20,32x20
+    .venv/bin/python bench/bench_engine.py --models smollm2-135m --shapes 1x20,32x20 --baseline ../old-checkout
+
+``--baseline`` times a checkout of an earlier commit too (its own bench script's worker), in the
+same alternating rounds: a before/after comparison that sees the same noise.
 
 Writes bench/results/engine.json and prints a markdown table for BENCHMARKS.md.
 The PyTorch peer runs when torch is installed (bench only, never a tokconv
@@ -97,10 +101,13 @@ def worker_torch(model: str, shapes: list[tuple[int, int]]) -> dict:
     return out
 
 
-def _spawn(kind: str, model: str, shapes: str, env_extra: dict[str, str], timeout: int = 3600) -> dict:
+def _spawn(kind: str, model: str, shapes: str, env_extra: dict[str, str], timeout: int = 3600,
+           tree: Path = ROOT) -> dict:
     env = {**os.environ, **env_extra}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--models", model, "--shapes", shapes]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    if tree != ROOT:  # another checkout: its own package first on the path
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, str(tree / "bench" / "bench_engine.py"), "--worker", kind, "--models", model, "--shapes", shapes]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=tree)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -131,6 +138,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="tokconv/PyTorch rounds, alternating (median kept)")
     ap.add_argument("--openblas", action="store_true", help="also time tokconv on OpenBLAS (TOKCONV_NO_MKL=1)")
     ap.add_argument("--nopack", action="store_true", help="also time tokconv on MKL without packed weights (TOKCONV_NO_PACK=1)")
+    ap.add_argument("--baseline", type=Path, default=None, metavar="CHECKOUT",
+                    help="also time tokconv from this checkout of another commit, alternating (before/after)")
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold load and the reference BLAS (faster)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "engine.json")
     args = ap.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
@@ -157,13 +167,16 @@ def main() -> None:
     print(json.dumps({"gemm_ceiling": results["gemm_ceiling"]}), flush=True)
     for model in args.models.split(","):
         r: dict = {}
-        with tempfile.TemporaryDirectory() as cold_cache:  # cold: convert from the GGUF into an empty cache
-            r["cold"] = _spawn("mlx", model, "1x20", {"TOKCONV_CACHE": cold_cache})
+        if not args.no_cold:
+            with tempfile.TemporaryDirectory() as cold_cache:  # cold: convert from the GGUF into an empty cache
+                r["cold"] = _spawn("mlx", model, "1x20", {"TOKCONV_CACHE": cold_cache})
         # warm from here on: the converted folder exists now. tokconv and PyTorch alternate, round
         # after round, so that both see the same slow and fast spells of this shared machine.
-        rounds: dict[str, list] = {"fast": [], "torch": [], "openblas": [], "nopack": []}
+        rounds: dict[str, list] = {"fast": [], "baseline": [], "torch": [], "openblas": [], "nopack": []}
         for _ in range(args.rounds):
             rounds["fast"].append(_spawn("mlx", model, args.shapes, {}))
+            if args.baseline:
+                rounds["baseline"].append(_spawn("mlx", model, args.shapes, {}, tree=args.baseline.resolve()))
             if have_torch:
                 rounds["torch"].append(_spawn("torch", model, args.shapes, {}))
             if args.openblas:
@@ -171,7 +184,8 @@ def main() -> None:
             if args.nopack:
                 rounds["nopack"].append(_spawn("mlx", model, args.shapes, {"TOKCONV_NO_PACK": "1"}))
         r.update({k: _median_of(v) for k, v in rounds.items() if v})
-        r["reference_blas"] = _spawn("mlx", model, args.slow_shapes, {"TOKCONV_NO_FAST_BLAS": "1"})
+        if not args.no_cold:
+            r["reference_blas"] = _spawn("mlx", model, args.slow_shapes, {"TOKCONV_NO_FAST_BLAS": "1"})
         results["models"][model] = r
         print(json.dumps({model: r}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -183,8 +197,8 @@ def render(results: dict) -> str:
     """Markdown tables of a results dict."""
     g = results["gemm_ceiling"]
     lines = [f"Machine: {results['machine']}; Python {results['python']}.", "", f"GEMM ceiling (same run): `{json.dumps(g)}`", ""]
-    lines += ["| model | shape BxL | tokconv (s) | tok/s | without packed weights (s) | tokconv on OpenBLAS (s) | reference BLAS (s) | PyTorch (s) | tokconv vs PyTorch |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| model | shape BxL | tokconv (s) | tok/s | baseline checkout (s) | without packed weights (s) | tokconv on OpenBLAS (s) | reference BLAS (s) | PyTorch (s) | tokconv vs PyTorch |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(run: dict, shape: str) -> str:
         v = run.get("shapes", {}).get(shape, {}).get("seconds")
@@ -195,7 +209,8 @@ def render(results: dict) -> str:
         for shape, m in fast.get("shapes", {}).items():
             t = tor.get("shapes", {}).get(shape, {}).get("seconds")
             ratio = f"{t / m['seconds']:.2f}x" if t else "-"
-            lines.append(f"| {model} | {shape} | {m['seconds']:.3f} | {m['tokens_per_s']:.0f} | {cell(r.get('nopack', {}), shape)} | "
+            lines.append(f"| {model} | {shape} | {m['seconds']:.3f} | {m['tokens_per_s']:.0f} | {cell(r.get('baseline', {}), shape)} | "
+                         f"{cell(r.get('nopack', {}), shape)} | "
                          f"{cell(r.get('openblas', {}), shape)} | "
                          f"{cell(r.get('reference_blas', {}), shape)} | {cell(tor, shape)} | {ratio} |")
     lines += ["", "| model | cold load (convert) s | warm load s | peak RSS MB (tokconv) | without packs | peak RSS MB (PyTorch) |",

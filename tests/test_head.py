@@ -42,13 +42,14 @@ def test_predict_matches_float64_reference_across_chunks_and_arrays(monkeypatch,
         monkeypatch.setattr(head, "_c_head", lambda: None)
     xs = [logits((3, 5, 1000), 0), logits((1, 7, 1000), 1)]  # 15 + 7 rows: uneven shares per core
     got = head.predict([mx.array(x) for x in xs])
-    for x, (am, pr, en) in zip(xs, got):
+    for x, (am, pr, en, fin) in zip(xs, got):
         ram, rpr, ren = reference(x)
         assert am.shape == pr.shape == en.shape == x.shape[:2]
         assert am.dtype == np.int64 and pr.dtype == en.dtype == np.float32
         np.testing.assert_array_equal(am, ram)
         np.testing.assert_allclose(pr, rpr, rtol=1e-5)
         np.testing.assert_allclose(en, ren, rtol=1e-4, atol=2e-5)
+        assert fin.dtype == np.bool_ and fin.all()
     assert got[0][2][0, 0] == pytest.approx(np.log(1000), rel=1e-6)
     assert got[1][1][-1, -1] == pytest.approx(1.0) and got[1][2][-1, -1] < 1e-6
 
@@ -57,8 +58,8 @@ def test_predict_agrees_with_the_mlx_head_and_takes_half_precision():
     import mlx.core as mx
 
     x = logits((2, 4, 3000), 3)
-    am, pr, en = head.predict([mx.array(x).astype(mx.float16)])[0]
-    ram, rpr, ren = (np.array(a) for a in fastmath.entropy_head(mx.array(x).astype(mx.float16)))
+    am, pr, en, _ = head.predict([mx.array(x).astype(mx.float16)])[0]
+    ram, rpr, ren, _ = (np.array(a) for a in fastmath.entropy_head(mx.array(x).astype(mx.float16)))
     np.testing.assert_array_equal(am, ram)
     np.testing.assert_allclose(en, ren, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(pr, rpr, rtol=1e-3)
@@ -79,14 +80,39 @@ def test_c_and_numpy_heads_agree_on_real_vocabulary_sized_rows_and_ties():
     x[3, -1] = x[3].max() + 0.5  # the maximum in the last entry
     outs = []
     for fn in (head.entropy_rows, head.entropy_rows_numpy):
-        out = (np.empty(6, np.int64), np.empty(6, np.float32), np.empty(6, np.float32))
+        out = (np.empty(6, np.int64), np.empty(6, np.float32), np.empty(6, np.float32), np.empty(6, np.bool_))
         fn(x, *out)
         outs.append(out)
     ram, rpr, ren = reference(x)
-    for am, pr, en in outs:
+    for am, pr, en, _ in outs:
         np.testing.assert_array_equal(am, ram)
         np.testing.assert_allclose(pr, rpr, rtol=1e-5)
         np.testing.assert_allclose(en, ren, rtol=1e-5, atol=1e-5)
     assert outs[0][0][2] == 10 and outs[0][0][3] == 49151
     # the C head's block-wise double sums: within 1e-6 of float64 where numpy's float32 sums are not always
     np.testing.assert_allclose(outs[0][2], ren, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("impl", ["c", "numpy", "mlx"])
+def test_rows_with_nan_or_inf_are_flagged_and_predict_id_0(monkeypatch, impl):
+    """The numerics audit: a row holding NaN or an infinity is flagged, and its argmax is 0, as an
+    unchecked argmax gives; finite rows around it are untouched."""
+    import mlx.core as mx
+
+    x = logits((1, 6, 2000), 6).reshape(6, 2000)
+    x[1, 77] = np.nan
+    x[2, :] = np.nan
+    x[3, 5] = np.inf
+    x[4, 9] = -np.inf
+    ram, rpr, ren = reference(np.delete(x, [1, 2, 3, 4], axis=0))
+    if impl == "mlx":
+        am, pr, en, fin = (np.array(a) for a in fastmath.entropy_head(mx.array(x)))
+    else:
+        if impl == "numpy":
+            monkeypatch.setattr(head, "_c_head", lambda: None)
+        am, pr, en, fin = head.predict([mx.array(x[None])])[0]
+        am, pr, en, fin = am[0], pr[0], en[0], fin[0]
+    assert fin.tolist() == [True, False, False, False, False, True]
+    assert am[1:5].tolist() == [0, 0, 0, 0]
+    np.testing.assert_array_equal(am[[0, 5]], ram)
+    np.testing.assert_allclose(en[[0, 5]], ren, rtol=1e-4, atol=2e-5)

@@ -16,7 +16,7 @@ def test_entropy_head_matches_numpy():
     x = (rng.standard_normal((2, 7, 3000)) * 4).astype(np.float32)
     x[0, 0, :] = 0.0  # uniform: entropy log(V)
     x[1, 2, 5] = 80.0  # one dominant token: entropy ~0, probability ~1
-    am, pr, ent = (np.array(a) for a in fastmath.entropy_head(mx.array(x)))
+    am, pr, ent, fin = (np.array(a) for a in fastmath.entropy_head(mx.array(x)))
     p = np.exp(x - x.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     ref = -(p * np.log(np.clip(p, 1e-30, None))).sum(-1)
@@ -24,6 +24,7 @@ def test_entropy_head_matches_numpy():
     np.testing.assert_allclose(pr, p.max(-1), rtol=1e-5)
     np.testing.assert_allclose(ent, ref, rtol=1e-4, atol=1e-5)
     assert ent[0, 0] == pytest.approx(np.log(3000), rel=1e-5)
+    assert fin.all()
 
 
 @pytest.mark.parametrize("mask", ["causal", "bool", "additive", None])

@@ -1,4 +1,9 @@
-"""The scoring head: from logits (B, n, V) to argmax, its probability and the entropy (each (B, n)).
+"""The scoring head: from logits (B, n, V) to argmax, its probability, the entropy and whether the
+row's logits were all finite (each (B, n)).
+
+A row with a NaN or an infinity is flagged, and its argmax is 0: what numpy's and MLX's argmax give
+over NaN, so that an audited run shows what an unchecked one would have done (id 0 is ``!`` in the
+Llama 3 and Qwen2 vocabularies).
 
 On a GPU it is :func:`tokconv.fastpath.kernels.entropy_head`, run by MLX where the logits are. On CPU
 it runs over the evaluated logits in place (``np.asarray`` of an MLX array shares its memory),
@@ -51,7 +56,7 @@ def _c_head() -> object:
                 args.insert(2, "-mprefer-vector-width=512")  # gcc keeps to 256-bit vectors otherwise
             try:
                 fn = ctypes.CDLL(str(built(_SOURCE, args, cpu_flags()))).tokconv_entropy_rows
-                fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32] + [ctypes.c_void_p] * 3
+                fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32] + [ctypes.c_void_p] * 4
                 fn.restype = None
                 _c_rows = fn
             except OSError:
@@ -59,19 +64,24 @@ def _c_head() -> object:
         return _c_rows or None
 
 
-def entropy_rows(x: np.ndarray, argmax: np.ndarray, prob: np.ndarray, entropy: np.ndarray) -> None:
-    """Fill ``argmax`` (int64), ``prob`` and ``entropy`` (float32), each (R,), from float32 logits
-    ``x`` (R, V): in C where it is built (ctypes releases the GIL), else :func:`entropy_rows_numpy`."""
+def entropy_rows(x: np.ndarray, argmax: np.ndarray, prob: np.ndarray, entropy: np.ndarray,
+                 finite: np.ndarray) -> None:
+    """Fill ``argmax`` (int64), ``prob`` and ``entropy`` (float32) and ``finite`` (bool), each (R,),
+    from float32 logits ``x`` (R, V): in C where it is built (ctypes releases the GIL), else
+    :func:`entropy_rows_numpy`."""
     fn = _c_head()
     ok = (x.dtype == prob.dtype == entropy.dtype == np.float32 and argmax.dtype == np.int64
-          and x.shape[1] < 2**31 and all(a.flags.c_contiguous for a in (x, argmax, prob, entropy)))
+          and finite.dtype == np.bool_ and x.shape[1] < 2**31
+          and all(a.flags.c_contiguous for a in (x, argmax, prob, entropy, finite)))
     if fn is None or not ok:
-        entropy_rows_numpy(x, argmax, prob, entropy)
+        entropy_rows_numpy(x, argmax, prob, entropy, finite)
         return
-    fn(x.ctypes.data, x.shape[0], x.shape[1], argmax.ctypes.data, prob.ctypes.data, entropy.ctypes.data)
+    fn(x.ctypes.data, x.shape[0], x.shape[1], argmax.ctypes.data, prob.ctypes.data, entropy.ctypes.data,
+       finite.ctypes.data)
 
 
-def entropy_rows_numpy(x: np.ndarray, argmax: np.ndarray, prob: np.ndarray, entropy: np.ndarray) -> None:
+def entropy_rows_numpy(x: np.ndarray, argmax: np.ndarray, prob: np.ndarray, entropy: np.ndarray,
+                       finite: np.ndarray) -> None:
     """:func:`entropy_rows` in numpy, chunk by chunk.
 
     H = log S - sum(e * d) / S with d = x - max, e = exp(d), S = sum(e); prob = 1 / S.
@@ -83,22 +93,26 @@ def entropy_rows_numpy(x: np.ndarray, argmax: np.ndarray, prob: np.ndarray, entr
         c = x[a : a + rows]
         k = c.shape[0]
         dk, ek = d[:k], e[:k]
-        argmax[a : a + k] = c.argmax(axis=1)
-        np.subtract(c, c.max(axis=1, keepdims=True), out=dk)
-        np.exp(dk, out=ek)
-        s = ek.sum(axis=1)
-        t = np.einsum("ij,ij->i", ek, dk)  # einsum, not dot: no BLAS threads of numpy's own
-        prob[a : a + k] = 1.0 / s
-        entropy[a : a + k] = np.log(s) - t / s
+        m = c.max(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are flagged, not warned about
+            np.subtract(c, m, out=dk)
+            np.exp(dk, out=ek)
+            s = ek.sum(axis=1)
+            t = np.einsum("ij,ij->i", ek, dk)  # einsum, not dot: no BLAS threads of numpy's own
+            ok = np.isfinite(m[:, 0]) & np.isfinite(s) & np.isfinite(t)
+            argmax[a : a + k] = np.where(ok, c.argmax(axis=1), 0)
+            finite[a : a + k] = ok
+            prob[a : a + k] = 1.0 / s
+            entropy[a : a + k] = np.log(s) - t / s
 
 
-def predict(logits: list) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """argmax (int64), probability and entropy (float32), each (B, n), for each array of logits (B, n, V).
+def predict(logits: list) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """argmax (int64), probability and entropy (float32) and finite (bool), each (B, n), for each
+    array of logits (B, n, V).
 
     The logits must already be evaluated on CPU. On a GPU the head runs in MLX instead.
     """
     if fastpath.setup().device != "cpu":
-
         outs = [entropy_head(lg) for lg in logits]
         mx.eval(outs)
         return [tuple(np.array(a) for a in out) for out in outs]
@@ -111,7 +125,8 @@ def predict(logits: list) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         x = np.asarray(lg if lg.dtype == mx.float32 else lg.astype(mx.float32))
         B, n, V = x.shape
         flat = x.reshape(B * n, V)
-        out = (np.empty(B * n, np.int64), np.empty(B * n, np.float32), np.empty(B * n, np.float32))
+        out = (np.empty(B * n, np.int64), np.empty(B * n, np.float32), np.empty(B * n, np.float32),
+               np.empty(B * n, np.bool_))
         results.append((out, (B, n)))
         jobs += [(flat[a : a + share], *(o[a : a + share] for o in out)) for a in range(0, B * n, share)]
     if len(jobs) == 1:

@@ -30,9 +30,8 @@ from .scores import Cost, Scores
 from .session import Scorer
 from .streams import max_rows, n_streams, streams
 
-# One model call costs about as much as this many extra forwarded tokens. Tuned on SmolLM2 with
-# packed weights (small calls got cheaper): a 32-seed single-mode sweep at L=20 took 46.3/40.6 s
-# with 15, 49.5/44.5 s with 40 and 46.1/53.5 s with 6 (alternating runs in one process).
+# One model call costs about as much as this many extra forwarded tokens: tuned on SmolLM2 with
+# packed weights, by 32-seed single-mode sweeps alternating in one process (BENCHMARKS.md).
 CALL_COST_TOKENS = 15
 
 
@@ -136,19 +135,20 @@ class RowSession:
         B = tokens.shape[0]
         inputs = self.scorer.inputs(tokens)
         t0 = time.perf_counter()
-        tokens_forwarded = calls = 0
+        tokens_forwarded = calls = nonfinite = 0
         with lm.lock:
             for wave in self._schedule(rows, starts, end):
                 with threads.compute(len(wave)):
-                    self._call(wave, inputs, B, end, s)
+                    nonfinite += self._call(wave, inputs, B, end, s)
                 tokens_forwarded += sum(len(part) * (end - lo) for part, lo, _ in wave)
                 calls += len(wave)
-        step = Cost(calls, tokens_forwarded, time.perf_counter() - t0)
+        step = Cost(calls, tokens_forwarded, time.perf_counter() - t0, nonfinite)
         self.cost.add(step)
         self.scorer.cost.add(step)
 
-    def _call(self, wave: list, inputs: np.ndarray, B: int, end: int, s: int) -> None:
-        """One wave of model calls (one per stream): forward, store the keys and values, fill the scores."""
+    def _call(self, wave: list, inputs: np.ndarray, B: int, end: int, s: int) -> int:
+        """One wave of model calls (one per stream): forward, store the keys and values, fill the
+        scores; returns how many predictions came from non-finite logits."""
         lm = self.scorer.lm
         jobs = []  # (row ids, their mx index, first input, caches, logits)
         for part, lo, stream in wave:
@@ -174,6 +174,9 @@ class RowSession:
                 self._values[layer][idx] = c.values[:, :, :end]
         mx.eval([j[4] for j in jobs], self._keys, self._values)
         outs = head.predict([j[4] for j in jobs])
+        nonfinite = 0
         for (part, _, lo, _, _), out in zip(jobs, outs):
             cols = slice(lo + 1 - s, end + 1 - s)  # positions predicted by inputs lo..end-1
             self._scores.fill(part, cols, *out)
+            nonfinite += int(out[3].size - np.count_nonzero(out[3]))
+        return nonfinite

@@ -143,7 +143,7 @@ class ScoringSession:
             self._forward(tokens, self._valid, stop)
         out = self._scores.copy()
         if stop < L - 1:
-            out.fill(slice(None), slice(stop + 1, None), -1, np.nan, np.nan)
+            out.fill(slice(None), slice(stop + 1, None), -1, np.nan, np.nan, True)
         return out
 
     def _forward(self, tokens: np.ndarray, first: int, stop: int) -> None:
@@ -174,6 +174,7 @@ class ScoringSession:
                 waves = streams(min(len(self._groups), n_streams()))
                 p0 = lo + 1 - s  # first position these logits predict
                 cols = slice(p0, p0 + (hi - lo))
+                nonfinite = 0
                 for w in range(0, len(self._groups), len(waves)):
                     wave = list(zip(self._groups[w:], self._cache[w:], waves))
                     with threads.compute(len(wave)):
@@ -185,8 +186,9 @@ class ScoringSession:
                     del logits
                     for (rows, _, _), out in zip(wave, outs):
                         self._scores.fill(rows, cols, *out)
+                        nonfinite += int(out[3].size - np.count_nonzero(out[3]))
                 n = B * (hi - lo)
-                step = Cost(1, n, time.perf_counter() - t0)
+                step = Cost(1, n, time.perf_counter() - t0, nonfinite)
                 self.cost.add(step)
                 self.scorer.cost.add(step)
         self._valid = stop + 1

@@ -54,11 +54,8 @@ def load_in_front_of(mkl_path: str, load_mkl: Callable[[], object]) -> None:
 def row_limit() -> int:
     """Most rows a matmul may have to use packed weights: ``TOKCONV_PACK_MAX_ROWS``, default 1024.
 
-    Measured over all of SmolLM2's weights (``bench/pack_curve.py``): packed ran 1.3-1.5x the plain
-    call at 4-64 rows, 1.1-1.3x at 80-160, 1.07-1.14x from 256 to 640 rows on one or two threads,
-    level at 1024 and 0.9x at 2048 and at one row (which always goes plain). Whole scoring calls
-    alternating in one process, 1024 against 160: 32x20 (320 rows per stream) 1.08x, 4x256 1.03x
-    (median), 1x256 and 16x64 level."""
+    Chosen from ``bench/pack_curve.py`` and whole scoring calls (BENCHMARKS.md): packs win up to
+    about a thousand rows and lose beyond; one row always goes plain."""
     try:
         return max(0, int(os.environ.get("TOKCONV_PACK_MAX_ROWS", "1024")))
     except ValueError:
