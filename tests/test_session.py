@@ -142,3 +142,24 @@ def test_batched_scoring_works_from_several_threads():
     assert not errors
     for r in results:
         np.testing.assert_array_equal(r, expected)
+
+
+@pytest.mark.parametrize("bos_id", [None, 7])
+def test_a_new_length_keeps_the_cached_common_prefix(bos_id):
+    """A re-encoded text (other length, same start) re-forwards only what follows the common prefix,
+    and predicts exactly what scoring from scratch predicts."""
+    lm = make_tiny_lm(bos_id=bos_id)
+    rng = np.random.default_rng(8)
+    base = rng.integers(0, lm.vocab_size, size=(1, 14))
+    session = Scorer(lm).session()
+    session.score(base)
+    for tokens in (base[:, :11],  # shorter: a prefix
+                   np.concatenate([base[:, :9], rng.integers(0, lm.vocab_size, size=(1, 7))], axis=1),  # longer, edited at 9
+                   np.concatenate([base[:, :5], [[3, 4]]], axis=1)):  # shorter, edited at 5
+        before = session.cost.forwarded_tokens
+        cached = session.score(tokens)
+        fresh = Scorer(lm).score(tokens)
+        np.testing.assert_array_equal(cached.argmax, fresh.argmax)
+        np.testing.assert_allclose(cached.entropy, fresh.entropy, rtol=1e-4, atol=1e-5)
+        forwarded = session.cost.forwarded_tokens - before
+        assert forwarded < tokens.shape[1] - 1 + (bos_id is not None)  # less than a fresh forward

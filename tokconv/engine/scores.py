@@ -18,7 +18,7 @@ class Scores:
 
     def row(self, b: int = 0) -> "Scores":
         """Scores of one sequence, still 2-D (1, L)."""
-        return Scores(*(a[b : b + 1] for a in self._arrays()))
+        return Scores(*(a[b : b + 1] for a in self.arrays()))
 
     @staticmethod
     def blank(B: int, L: int) -> "Scores":
@@ -35,9 +35,10 @@ class Scores:
 
     def copy(self) -> "Scores":
         """An independent copy (sessions hand out copies of their buffers)."""
-        return Scores(*(a.copy() for a in self._arrays()))
+        return Scores(*(a.copy() for a in self.arrays()))
 
-    def _arrays(self) -> tuple[np.ndarray, ...]:
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """argmax, prob, entropy and finite, in that order."""
         return self.argmax, self.prob, self.entropy, self.finite
 
 

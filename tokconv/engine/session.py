@@ -117,11 +117,14 @@ class ScoringSession:
         self._tokens, self._valid, self._cache = None, 0, None
 
     def _first_change(self, tokens: np.ndarray) -> int:
+        """The first column where ``tokens`` differ from the last ones scored (their common length
+        when one is a prefix of the other; 0 for another batch size)."""
         old = self._tokens
-        if old is None or old.shape != tokens.shape:
+        if old is None or old.shape[0] != tokens.shape[0]:
             return 0
-        diff = np.nonzero((old != tokens).any(axis=0))[0]
-        return int(diff[0]) if diff.size else tokens.shape[1]
+        n = min(old.shape[1], tokens.shape[1])
+        diff = np.nonzero((old[:, :n] != tokens[:, :n]).any(axis=0))[0]
+        return int(diff[0]) if diff.size else n
 
     def score(self, tokens, *, upto: int | None = None) -> Scores:
         """Scores for ``tokens`` (B, L), reusing the cache for the unchanged prefix.
@@ -133,9 +136,17 @@ class ScoringSession:
         B, L = tokens.shape
         stop = L - 1 if upto is None else min(int(upto), L - 1)
         change = self._first_change(tokens)
-        if self._tokens is None or self._tokens.shape != tokens.shape:
+        if self._tokens is None or self._tokens.shape[0] != B:
             self._scores = Scores.blank(B, L)
             self._cache, self._valid = None, 0
+        elif self._tokens.shape[1] != L:
+            # Another length (a re-encoded text): keep the cached prefix, as after an edit.
+            kept = Scores.blank(B, L)
+            n = min(self._valid, L, change + 1)
+            kept.fill(slice(None), slice(0, n), *(a[:, :n] for a in self._scores.arrays()))
+            self._scores = kept
+            if self._cache is not None and row_groups(B, max_rows(L + self.shift, self.scorer.lm.vocab_size)) != self._groups:
+                self._cache, self._valid = None, 0  # the rows would be grouped differently
         # A change at position c leaves predictions for positions <= c intact.
         self._valid = min(self._valid, change + 1)
         self._tokens = tokens.copy()
