@@ -63,6 +63,7 @@ class Experiment:
             total.forward_passes += p.session.cost.forward_passes
             total.forwarded_tokens += p.session.cost.forwarded_tokens
             total.seconds += p.session.cost.seconds
+            total.nonfinite_rows += p.session.cost.nonfinite_rows
         return total
 
 
@@ -102,10 +103,13 @@ def prepare(config: RunConfig, models: Sequence[LoadedModel] | None = None,
 
 
 def fingerprints(steps: list[Step], labels: list[str]) -> dict[str, dict[str, int]]:
-    """Per model, the text of each token it inserted and how often, most frequent first."""
+    """Per model, the text of each token it inserted and how often, most frequent first.
+
+    Across tokenizers this is the text the move put into the shared text (a byte piece that
+    completes a character counts as that character)."""
     out: dict[str, dict[str, int]] = {}
     for label in labels:
-        counts = Counter(s.new_text for s in steps if s.model == label)
+        counts = Counter(s.new_text if s.inserted is None else s.inserted for s in steps if s.model == label)
         out[label] = dict(counts.most_common())
     return out
 

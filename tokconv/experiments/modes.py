@@ -7,8 +7,10 @@ original experiment and always keeps its token.
 
 Two models with the same vocabulary share token positions directly. Two models
 with different tokenizers share *text*: on its turn a model encodes the current
-text with its own tokenizer, makes its move(s), and decodes the result; positions
-in its steps are indices into its own tokenization of that text.
+text with its own tokenizer, makes its move(s), and decodes the result. Positions
+in its steps are indices into its own tokenization of that text; each step also
+records the characters of the shared text it replaced, and flip counts and blocking
+live on those characters (:mod:`.textaxis`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..engine import Scorer, Scores, ScoringSession
 from ..models import LoadedModel
 from .config import MODES, RunConfig
 from .records import IterationEnd, Record, RunEnd, Step
+from .textaxis import Edit, FlipCounts, edit_between, splits_a_character, token_spans
 
 
 @dataclass
@@ -55,6 +58,7 @@ class State:
         # without bound; each model keeps at most as many tokens as the start text has in its own
         # tokenization (a longer text loses its tail on that model's turn).
         self.caps = {p.index: max(2, len(p.lm.encode(self.text))) for p in players} if not shared_ids else {}
+        self.flips = FlipCounts(len(self.text))  # per character of the shared text (across tokenizers)
 
     def ids_for(self, p: Player) -> list[int]:
         """The sequence in ``p``'s tokenization (capped at its token count of the start text)."""
@@ -73,27 +77,58 @@ class State:
         if not self.shared_ids:
             self._encoded = {p.index: (self.text, list(ids))}
 
+    def text_edit(self, p: Player, ids: list[int], i: int, new: int) -> tuple[list[int], str, Edit] | None:
+        """Across tokenizers: ``p``'s tokens with ``new`` at ``i``, the new text and the edit of the
+        shared text; None when the move would leave a character incomplete (no valid move there)."""
+        view = p.lm.decode(ids)
+        moved = [*ids[:i], int(new), *ids[i + 1 :]]
+        after = p.lm.decode(moved)
+        if splits_a_character(view, after):
+            return None
+        return moved, after, edit_between(view, after, token_spans(p.lm, ids, view)[i])
+
+    def apply_text_edit(self, p: Player, ids: list[int], edit: Edit) -> None:
+        """Across tokenizers: count the flip on the shared characters and take ``p``'s new tokens."""
+        self.flips.truncate(len(p.lm.decode(self.ids_for(p))))  # the part of the text p saw
+        self.flips.apply(edit)
+        self.update(p, ids)
+        self.flips.truncate(len(self.text))
+
+    def blocked_positions(self, p: Player, ids: list[int], block_after: int) -> set[int]:
+        """Across tokenizers: ``p``'s token positions that cover a blocked character."""
+        return {i for i, (a, b) in enumerate(token_spans(p.lm, ids)) if self.flips.blocked(a, b, block_after)}
+
     def key(self) -> tuple:
         """A hashable snapshot, for detecting cycles."""
         return tuple(self.ids) if self.shared_ids else (self.text,)
 
 
-def _step(p: Player, iteration: int, pos: int, old: int, new: int, entropy: float, prob: float) -> Step:
-    return Step(iteration, p.label, p.index, pos, int(old), int(new), p.piece(old), p.piece(new), float(entropy), float(prob))
+def _step(p: Player, iteration: int, pos: int, old: int, scores: Scores, row: int = 0, edit: Edit | None = None) -> Step:
+    """The record of putting the prediction of ``scores`` at ``pos`` (over token ``old``)."""
+    new = int(scores.argmax[row, pos])
+    span = (edit.start, edit.end, edit.inserted) if edit is not None else (None, None, None)
+    return Step(iteration, p.label, p.index, pos, int(old), new, p.piece(old), p.piece(new),
+                float(scores.entropy[row, pos]), float(scores.prob[row, pos]), bool(scores.finite[row, pos]), *span)
 
 
 def iteration_end(p: Player, iteration: int, ids: list[int], changes: int, blocked=()) -> IterationEnd:
+    """The record after an iteration: ``p``'s tokens, their pieces and the decoded text (byte
+    pieces show as U+FFFD one by one, but the text holds the characters they make together)."""
     pieces = tuple(p.piece(t) for t in ids)
-    return IterationEnd(iteration, p.label, p.index, tuple(int(t) for t in ids), pieces, "".join(pieces), changes, tuple(sorted(blocked)))
+    return IterationEnd(iteration, p.label, p.index, tuple(int(t) for t in ids), pieces, p.lm.decode(ids), changes,
+                        tuple(sorted(blocked)))
 
 
-def sequential_pass(p: Player, ids: list[int], iteration: int) -> Iterator[Step]:
+def sequential_pass(p: Player, ids: list[int], iteration: int, state: State | None = None) -> Iterator[Step]:
     """One greedy left-to-right pass; yields each replacement and leaves the result in ``ids``.
 
     Predictions are fetched lazily: right after a change only the changed token
     is forwarded; after agreements the look-ahead doubles, so a pass over an
-    already consistent sequence takes a few model calls, not L.
+    already consistent sequence takes a few model calls, not L. With a ``state``
+    shared across tokenizers, each step records its characters, and a replacement
+    that would leave a character incomplete is not made.
     """
+    text_axis = state is not None and not state.shared_ids
     arr = np.array([ids], dtype=np.int64)
     L = arr.shape[1]
     valid, chunk, scores = 0, 0, None
@@ -103,7 +138,14 @@ def sequential_pass(p: Player, ids: list[int], iteration: int) -> Iterator[Step]
             scores = p.session.score(arr, upto=valid)
         pred = int(scores.argmax[0, i])
         if pred != arr[0, i]:
-            yield _step(p, iteration, i, arr[0, i], pred, scores.entropy[0, i], scores.prob[0, i])
+            edit = None
+            if text_axis:
+                moved = state.text_edit(p, ids, i, pred)
+                if moved is None:
+                    chunk = max(1, 2 * chunk)
+                    continue
+                edit = moved[2]
+            yield _step(p, iteration, i, arr[0, i], scores, edit=edit)
             arr = arr.copy()
             arr[0, i] = pred
             ids[i] = pred
@@ -134,7 +176,7 @@ def pick_single(scores: Scores, ids, blocked: set[int], row: int = 0) -> int | N
 
 def apply_single(p: Player, scores: Scores, ids: list[int], i: int, iteration: int, block_after: int, row: int = 0) -> Step:
     """Put the prediction at ``i``, count the flip and block the position once it flipped ``block_after`` times."""
-    step = _step(p, iteration, i, ids[i], scores.argmax[row, i], scores.entropy[row, i], scores.prob[row, i])
+    step = _step(p, iteration, i, ids[i], scores, row)
     ids[i] = step.new_token
     p.flips[i] = p.flips.get(i, 0) + 1
     if p.flips[i] >= block_after:
@@ -159,6 +201,29 @@ def stuck_status(mismatches_left: int) -> str:
 
 def _single_turn(p: Player, ids: list[int], iteration: int, block_after: int) -> tuple[Step | None, IterationEnd]:
     return single_turn(p, p.session.score(np.array([ids], dtype=np.int64)), ids, iteration, block_after)
+
+
+def text_single_turn(p: Player, state: State, ids: list[int], iteration: int,
+                     block_after: int) -> tuple[Step | None, IterationEnd]:
+    """:func:`single_turn` across tokenizers: positions whose characters are blocked are skipped, and
+    so are moves that would leave a character incomplete (the next-highest entropy is taken)."""
+    scores = p.session.score(np.array([ids], dtype=np.int64))
+    blocked = state.blocked_positions(p, ids, block_after)
+    pos = np.array([i for i in mismatch_positions(scores, ids) if i not in blocked], dtype=np.int64)
+    # highest entropy first, ties by position; NaN first, as np.argmax takes it in single_turn
+    ent = np.nan_to_num(scores.entropy[0, pos], nan=np.inf)
+    for i in pos[np.lexsort((pos, -ent))]:
+        moved = state.text_edit(p, ids, int(i), int(scores.argmax[0, i]))
+        if moved is None:
+            continue
+        new_ids, _, edit = moved
+        step = _step(p, iteration, int(i), ids[i], scores, edit=edit)
+        state.apply_text_edit(p, new_ids, edit)
+        ids[:] = new_ids
+        p.blocked = state.blocked_positions(p, ids, block_after)
+        return step, iteration_end(p, iteration, ids, 1, p.blocked)
+    p.blocked = blocked
+    return None, iteration_end(p, iteration, ids, 0, blocked)
 
 
 def run_sequential(players: list[Player], state: State, config: RunConfig) -> Iterator[Record]:
@@ -199,7 +264,7 @@ def run_batch(players: list[Player], state: State, config: RunConfig) -> Iterato
         ids = state.ids_for(p)
         scores, pos = mismatches(p, ids)
         for i in pos:
-            yield _step(p, it, int(i), ids[i], scores.argmax[0, i], scores.entropy[0, i], scores.prob[0, i])
+            yield _step(p, it, int(i), ids[i], scores)
             ids[i] = int(scores.argmax[0, i])
         state.update(p, ids)
         yield iteration_end(p, it, ids, int(pos.size))
@@ -222,7 +287,7 @@ def run_adversarial(players: list[Player], state: State, config: RunConfig) -> I
     for it in range(1, max_iter + 1):
         p = players[(it - 1) % 2]
         ids = state.ids_for(p)
-        steps = yield from _collect(sequential_pass(p, ids, it))
+        steps = yield from _collect(sequential_pass(p, ids, it, state))
         state.update(p, ids)
         yield iteration_end(p, it, ids, steps)
         quiet = quiet + 1 if steps == 0 else 0
@@ -247,10 +312,14 @@ def run_adversarial_single(players: list[Player], state: State, config: RunConfi
     for it in range(1, max_iter + 1):
         p = players[(it - 1) % 2]
         ids = state.ids_for(p)
-        step, end = _single_turn(p, ids, it, config.block_after)
+        if shared:
+            step, end = _single_turn(p, ids, it, config.block_after)
+            if step is not None:
+                state.update(p, ids)
+        else:
+            step, end = text_single_turn(p, state, ids, it, config.block_after)
         if step is not None:
             yield step
-            state.update(p, ids)
         yield end
         idle = 0 if step is not None else idle + 1
         if idle >= 2:

@@ -15,7 +15,10 @@ from typing import Any
 from ..errors import TokconvError
 from .config import RunConfig
 
-SCHEMA_VERSION = 1
+# 2: steps carry `finite` and, across tokenizers, their character span; cost carries `nonfinite_rows`.
+# Version 1 files read as version 2 with those fields at their defaults.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,12 @@ class Step:
     new_text: str
     entropy: float  # nats, of the model's distribution at this position
     prob: float  # probability of the inserted token
+    finite: bool = True  # False: the prediction came from logits holding NaN or inf (numerics audit)
+    # Models with different tokenizers share the text: the characters [span_start, span_end) of the
+    # shared text before this step, and the text put there (None when the models share token ids).
+    span_start: int | None = None
+    span_end: int | None = None
+    inserted: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,7 @@ class RunCost:
     seconds: float = 0.0
     wall_seconds: float = 0.0
     batched_rows: int = 1
+    nonfinite_rows: int = 0  # predictions made from logits holding NaN or inf (numerics audit)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunCost":
@@ -130,7 +140,7 @@ class RunResult:
     def from_dict(cls, d: dict[str, Any]) -> "RunResult":
         """Rebuild a result from its JSON form (raises TokconvError on a foreign or newer schema)."""
         version = d.get("schema_version") if isinstance(d, dict) else None
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise TokconvError(
                 f"this run file has schema version {version!r}; this tokconv reads version {SCHEMA_VERSION}",
                 "export it again with this tokconv version, or upgrade tokconv",
