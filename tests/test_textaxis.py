@@ -11,7 +11,8 @@ from tokconv.experiments.textaxis import Edit, FlipCounts, edit_between, token_s
 
 
 def _run(mode, lms, start, **cfg):
-    exp = experiment(mode, lms, start, shared_ids=False, **cfg)
+    exp = experiment(mode, lms, start, **cfg)
+    assert not exp.state.shared_ids  # different vocabularies: the text axis
     return collect(exp, exp.records())
 
 

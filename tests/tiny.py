@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokconv.experiments import modes
-from tokconv.experiments.experiment import Experiment, collect
+from tokconv.experiments.experiment import Experiment, collect, prepare
 from tokconv.models import LoadedModel
 from tokconv.experiments import RunConfig, RunResult
 
@@ -126,12 +125,11 @@ def successor_lm(vocab: int = 6, name: str = "succ") -> LoadedModel:
     return table_lm(table, name)
 
 
-def experiment(mode, lms, start, *, shared_ids: bool = True, **cfg) -> Experiment:
-    """A prepared run of tiny models from a given start (shared token positions, or shared text)."""
+def experiment(mode, lms, start, **cfg) -> Experiment:
+    """A prepared run of tiny models from a given start (shared token positions when the models
+    share a vocabulary, else the shared text)."""
     config = RunConfig(mode=mode, model_a=lms[0].spec, model_b=lms[1].spec if len(lms) > 1 else None, length=len(start), **cfg)
-    players = [modes.Player(lm, i, lm.name) for i, lm in enumerate(lms)]
-    state = modes.State(players, start, shared_ids=shared_ids)
-    return Experiment(config, players, state, list(start), state.text)
+    return prepare(config, lms, start=start)
 
 
 def run_tiny(mode, lms, start, **cfg) -> RunResult:

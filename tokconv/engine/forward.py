@@ -25,6 +25,7 @@ import mlx.core as mx
 from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 
+from ..errors import TokconvError
 from ..models import LoadedModel
 
 # Distinct input shapes one compiled function may collect traces for before it is rebuilt
@@ -144,3 +145,22 @@ def call(lm: LoadedModel, tokens: Any, caches: list, stream: Any) -> Any:
     for c, (k, v) in zip(caches, kv):
         c.keys, c.values, c.offset = k, v, int(k.shape[2])
     return logits
+
+
+def call_poisoned(lm: LoadedModel, tokens: Any, caches: list, stream: Any, poison: Any) -> Any:
+    """:func:`call` with a NaN embedding at the positions where ``poison`` (B, n) is True.
+
+    An emulation of undefined behaviour: an unchecked embedding gather past the table's end
+    returns unrelated memory, NaN among it. Uncompiled (it is never a hot path); needs a model
+    whose ``__call__`` takes ``input_embeddings`` and whose inner model has ``embed_tokens``
+    (mlx-lm's llama, qwen2 and gemma3 do).
+    """
+    inner = getattr(lm.model, "model", None)
+    embed = getattr(inner, "embed_tokens", None)
+    if embed is None:
+        raise TokconvError(f"{lm.name}: this model cannot take a NaN embedding (no embed_tokens)",
+                           "use another out-of-vocabulary policy than nan, or a llama, qwen2 or gemma3 model")
+    with mx.stream(stream):
+        h = embed(tokens)
+        h = mx.where(mx.array(poison)[..., None], mx.array(float("nan"), h.dtype), h)
+        return lm.model(tokens, cache=caches, input_embeddings=h)

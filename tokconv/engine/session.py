@@ -126,16 +126,21 @@ class ScoringSession:
         diff = np.nonzero((old[:, :n] != tokens[:, :n]).any(axis=0))[0]
         return int(diff[0]) if diff.size else n
 
-    def score(self, tokens, *, upto: int | None = None) -> Scores:
+    def score(self, tokens, *, upto: int | None = None, poison: np.ndarray | None = None) -> Scores:
         """Scores for ``tokens`` (B, L), reusing the cache for the unchanged prefix.
 
         With ``upto``, only predictions for positions ``<= upto`` are guaranteed
         current (fewer tokens are forwarded); later positions hold NaN / -1.
+        ``poison`` (B, L bool) feeds a NaN embedding at its positions instead of the token's: an
+        emulation of what an unchecked out-of-range gather can do (see tokconv.experiments.oov).
         """
         tokens = self.scorer.validate(tokens)
         B, L = tokens.shape
         stop = L - 1 if upto is None else min(int(upto), L - 1)
-        change = self._first_change(tokens)
+        poison = None if poison is None or not np.any(poison) else np.asarray(poison, bool).reshape(B, L)
+        # what the cache was made from: a poisoned position differs from any token there
+        seen = tokens if poison is None else np.where(poison, -1, tokens)
+        change = self._first_change(seen)
         if self._tokens is None or self._tokens.shape[0] != B:
             self._scores = Scores.blank(B, L)
             self._cache, self._valid = None, 0
@@ -149,19 +154,21 @@ class ScoringSession:
                 self._cache, self._valid = None, 0  # the rows would be grouped differently
         # A change at position c leaves predictions for positions <= c intact.
         self._valid = min(self._valid, change + 1)
-        self._tokens = tokens.copy()
+        self._tokens = seen.copy()
         if self._valid <= stop:
-            self._forward(tokens, self._valid, stop)
+            self._forward(tokens, self._valid, stop, poison)
         out = self._scores.copy()
         if stop < L - 1:
             out.fill(slice(None), slice(stop + 1, None), -1, np.nan, np.nan, True)
         return out
 
-    def _forward(self, tokens: np.ndarray, first: int, stop: int) -> None:
+    def _forward(self, tokens: np.ndarray, first: int, stop: int, poison: np.ndarray | None = None) -> None:
         """Make predictions for positions first..stop current by forwarding the needed inputs."""
         lm, s = self.scorer.lm, self.shift
         B = tokens.shape[0]
         inputs = self.scorer.inputs(tokens)
+        if poison is not None and s:
+            poison = np.concatenate([np.zeros((B, 1), bool), poison], axis=1)  # the BOS is never poisoned
         # Prediction for position p comes from the logits at input index p - 1 + s.
         lo = max(first - 1 + s, 0)
         hi = stop + s  # exclusive end of the inputs to forward
@@ -182,6 +189,7 @@ class ScoringSession:
             lo = self._cache[0][0].offset
             if lo < hi:
                 x = mx.array(inputs[:, lo:hi].astype(np.int32))
+                bad = None if poison is None or not poison[:, lo:hi].any() else poison[:, lo:hi]
                 waves = streams(min(len(self._groups), n_streams()))
                 p0 = lo + 1 - s  # first position these logits predict
                 cols = slice(p0, p0 + (hi - lo))
@@ -191,7 +199,10 @@ class ScoringSession:
                     with threads.compute(len(wave)):
                         logits = []
                         for rows, cache, stream in wave:
-                            logits.append(forward.call(lm, x[rows], cache, stream))  # (b, n, V)
+                            if bad is None:
+                                logits.append(forward.call(lm, x[rows], cache, stream))  # (b, n, V)
+                            else:
+                                logits.append(forward.call_poisoned(lm, x[rows], cache, stream, bad[rows]))
                         mx.eval(logits)
                         outs = head.predict(logits)
                     del logits

@@ -38,6 +38,21 @@ SOLO_MODES = tuple(name for name, m in MODES.items() if not m.adversarial)
 ADVERSARIAL_MODES = tuple(name for name, m in MODES.items() if m.adversarial)
 MODE_HELP = {name: m.help for name, m in MODES.items()}
 
+# How two models with different vocabularies share the sequence (see tokconv.experiments.textaxis):
+SHARE = {
+    "text": "the text: each model reads it with its own tokenizer (positions are characters)",
+    "ids": "the token ids, passed straight across as a naive script would (ids may mean other things, or nothing)",
+}
+# What a model does with an id beyond its vocabulary, when ids are shared:
+OOV = {
+    "error": "stop with a message naming the id and both vocabulary sizes",
+    "nan": "feed a NaN embedding there: an emulation of an unchecked gather (undefined behaviour), marked in results",
+    "unk": "feed the model's unknown (or padding) token there",
+}
+# Fields added after the first stored runs: left out of the settings key at their defaults, so
+# runs saved before they existed keep their keys.
+_KEY_DEFAULTS = {"share": "text", "oov": "error"}
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -51,6 +66,8 @@ class RunConfig:
     seed: int = 0
     start_text: str | None = None
     block_after: int = 3
+    share: str = "text"
+    oov: str = "error"
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -65,7 +82,8 @@ class RunConfig:
 
     def key(self) -> str:
         """A stable key of these settings: the store keeps one run per key, and sweeps skip keys it has."""
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        d = {k: v for k, v in asdict(self).items() if _KEY_DEFAULTS.get(k, object()) != v}
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
 def validate_config(c: RunConfig) -> None:
@@ -84,6 +102,12 @@ def validate_config(c: RunConfig) -> None:
         raise TokconvError(f"block-after must be at least 1, got {c.block_after}", "use 3 as in the original")
     if MODES[c.mode].adversarial and not c.model_b:
         raise TokconvError(f"mode '{c.mode}' needs two models", "give a second model with --model-b")
+    if c.share not in SHARE:
+        raise TokconvError(f"unknown sharing '{c.share}'", f"use one of: {', '.join(SHARE)}")
+    if c.oov not in OOV:
+        raise TokconvError(f"unknown out-of-vocabulary policy '{c.oov}'", f"use one of: {', '.join(OOV)}")
+    if c.oov != "error" and c.share != "ids":
+        raise TokconvError(f"--oov {c.oov} applies only when token ids are shared", "add --share ids, or leave --oov out")
     if c.start_text is not None and not c.start_text.strip():
         raise TokconvError("the start text is empty", "give some text, or leave it out for a random start")
 

@@ -75,16 +75,22 @@ def _labels(models: list[LoadedModel]) -> list[str]:
 
 
 def prepare(config: RunConfig, models: Sequence[LoadedModel] | None = None,
-            progress: Callable[[str], None] | None = None) -> Experiment:
+            progress: Callable[[str], None] | None = None, *, start: Sequence[int] | None = None) -> Experiment:
     """Load the models (or use ``models``, one per spec in ``config.models``) and build the start
-    state: random tokens from model A's vocabulary, or the start text."""
+    state: ``start`` (model A's token ids), else the start text, else random tokens from model A's
+    vocabulary."""
     if models is not None and len(models) != len(config.models):
         raise TokconvError(f"mode '{config.mode}' takes {len(config.models)} model(s), {len(models)} given",
                            "pass one loaded model per model in the settings")
     lms = list(models) if models is not None else [load(spec, progress=progress) for spec in config.models]
-    players = [modes.Player(lm, i, label) for i, (lm, label) in enumerate(zip(lms, _labels(lms)))]
+    labels = _labels(lms)
+    players = [modes.Player(lm, i, label, oov=config.oov,
+                            others="".join(f" (from {o}, {m.vocab_size:,} ids)" for o, m in zip(labels, lms) if m is not lm))
+               for i, (lm, label) in enumerate(zip(lms, labels))]
     a = lms[0]
-    if config.start_text is not None:
+    if start is not None:
+        start = [int(t) for t in start]
+    elif config.start_text is not None:
         start = a.encode(config.start_text)
         if len(start) < 2:
             raise TokconvError(
@@ -97,7 +103,8 @@ def prepare(config: RunConfig, models: Sequence[LoadedModel] | None = None,
             )
     else:
         start = random_tokens(a, config.length, config.seed)
-    shared = all(tokenizer_key(lm) == tokenizer_key(a) for lm in lms)
+    # one vocabulary: shared token positions; else the text, unless the settings ask for ids
+    shared = config.share == "ids" or all(tokenizer_key(lm) == tokenizer_key(a) for lm in lms)
     state = modes.State(players, start, shared_ids=shared)
     return Experiment(config, players, state, list(start), state.text)
 

@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..engine import Scorer, Scores, ScoringSession
+from ..errors import TokconvError
 from ..models import LoadedModel
 from .config import MODES, RunConfig
 from .records import IterationEnd, Record, RunEnd, Step
@@ -34,6 +35,8 @@ class Player:
     lm: LoadedModel
     index: int
     label: str
+    oov: str = "error"  # what to do with ids beyond this model's vocabulary (shared ids only)
+    others: str = ""  # the other model, for messages about its ids
     session: ScoringSession = field(init=False)
     flips: dict[int, int] = field(default_factory=dict)  # position -> times this player changed it
     blocked: set[int] = field(default_factory=set)
@@ -41,8 +44,56 @@ class Player:
     def __post_init__(self) -> None:
         self.session = Scorer(self.lm).session()
 
+    def known(self, token: int) -> bool:
+        """Whether ``token`` is an id of this model's vocabulary."""
+        return 0 <= int(token) < self.lm.vocab_size
+
     def piece(self, token: int) -> str:
-        return self.lm.token_text(token)
+        """The text of one token; an id beyond the vocabulary shows as ``⟨id N⟩``."""
+        return self.lm.token_text(token) if self.known(token) else f"⟨id {int(token)}⟩"
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of ``ids``, ids beyond the vocabulary shown as ``⟨id N⟩``."""
+        if all(self.known(t) for t in ids):
+            return self.lm.decode(ids)
+        out, run = [], []
+        for t in ids:
+            if self.known(t):
+                run.append(t)
+            else:
+                out += [self.lm.decode(run), self.piece(t)]
+                run = []
+        return "".join(out + [self.lm.decode(run)])
+
+    def score(self, ids: list[int], *, upto: int | None = None) -> Scores:
+        """Scores of ``ids`` by this model, ids beyond its vocabulary handled by ``oov``: ``error``
+        stops, ``unk`` reads the unknown token there, ``nan`` feeds a NaN embedding there."""
+        arr = np.array([ids], dtype=np.int64)
+        bad = (arr < 0) | (arr >= self.lm.vocab_size)
+        poison = None
+        if bad.any():
+            first = int(arr[bad][0])
+            if self.oov == "error":
+                raise TokconvError(
+                    f"token id {first}{self.others} is outside {self.label}'s vocabulary of "
+                    f"{self.lm.vocab_size:,} ids (0..{self.lm.vocab_size - 1})",
+                    "share the text (--share text, the default), or pick what happens to such ids with --oov nan|unk",
+                )
+            if self.oov == "unk":
+                arr = np.where(bad, unknown_id(self.lm), arr)
+            else:
+                poison, arr = bad, np.where(bad, 0, arr)
+        return self.session.score(arr, upto=upto, poison=poison)
+
+
+def unknown_id(lm: LoadedModel) -> int:
+    """The model's unknown token, else its padding token, else its end-of-text token, else 0."""
+    hf = getattr(lm.tokenizer, "_tokenizer", lm.tokenizer)
+    for name in ("unk_token_id", "pad_token_id", "eos_token_id"):
+        value = getattr(hf, name, None)
+        if isinstance(value, int) and 0 <= value < lm.vocab_size:
+            return value
+    return 0
 
 
 class State:
@@ -52,7 +103,7 @@ class State:
         self.players = players
         self.shared_ids = shared_ids
         self.ids = list(start_ids)
-        self.text = players[0].lm.decode(start_ids)
+        self.text = players[0].decode(start_ids)
         self._encoded: dict[int, tuple[str, list[int]]] = {}
         # Across tokenizers one model's token can be two of the other's, so the text could grow
         # without bound; each model keeps at most as many tokens as the start text has in its own
@@ -73,7 +124,7 @@ class State:
     def update(self, p: Player, ids: list[int]) -> None:
         """Set the state from ``p``'s tokens after its move."""
         self.ids = list(ids)
-        self.text = p.lm.decode(ids)
+        self.text = p.decode(ids)
         if not self.shared_ids:
             self._encoded = {p.index: (self.text, list(ids))}
 
@@ -115,7 +166,7 @@ def iteration_end(p: Player, iteration: int, ids: list[int], changes: int, block
     """The record after an iteration: ``p``'s tokens, their pieces and the decoded text (byte
     pieces show as U+FFFD one by one, but the text holds the characters they make together)."""
     pieces = tuple(p.piece(t) for t in ids)
-    return IterationEnd(iteration, p.label, p.index, tuple(int(t) for t in ids), pieces, p.lm.decode(ids), changes,
+    return IterationEnd(iteration, p.label, p.index, tuple(int(t) for t in ids), pieces, p.decode(ids), changes,
                         tuple(sorted(blocked)))
 
 
@@ -135,7 +186,7 @@ def sequential_pass(p: Player, ids: list[int], iteration: int, state: State | No
     for i in range(1, L):
         if scores is None or i > valid:
             valid = min(L - 1, i + chunk)
-            scores = p.session.score(arr, upto=valid)
+            scores = p.score(arr[0].tolist(), upto=valid)
         pred = int(scores.argmax[0, i])
         if pred != arr[0, i]:
             edit = None
@@ -162,7 +213,7 @@ def mismatch_positions(scores: Scores, ids, row: int = 0) -> np.ndarray:
 
 def mismatches(p: Player, ids: list[int]):
     """Scores of ``ids`` and the positions (>= 1) where the prediction differs from the token."""
-    scores = p.session.score(np.array([ids], dtype=np.int64))
+    scores = p.score(ids)
     return scores, mismatch_positions(scores, ids)
 
 
@@ -200,14 +251,14 @@ def stuck_status(mismatches_left: int) -> str:
 
 
 def _single_turn(p: Player, ids: list[int], iteration: int, block_after: int) -> tuple[Step | None, IterationEnd]:
-    return single_turn(p, p.session.score(np.array([ids], dtype=np.int64)), ids, iteration, block_after)
+    return single_turn(p, p.score(ids), ids, iteration, block_after)
 
 
 def text_single_turn(p: Player, state: State, ids: list[int], iteration: int,
                      block_after: int) -> tuple[Step | None, IterationEnd]:
     """:func:`single_turn` across tokenizers: positions whose characters are blocked are skipped, and
     so are moves that would leave a character incomplete (the next-highest entropy is taken)."""
-    scores = p.session.score(np.array([ids], dtype=np.int64))
+    scores = p.score(ids)
     blocked = state.blocked_positions(p, ids, block_after)
     pos = np.array([i for i in mismatch_positions(scores, ids) if i not in blocked], dtype=np.int64)
     # highest entropy first, ties by position; NaN first, as np.argmax takes it in single_turn
