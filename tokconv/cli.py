@@ -18,6 +18,7 @@ COMMANDS = {
     "runs": "list, show, delete, export or import saved runs",
     "models": "list the bundled models and whether they are installed and converted",
     "complete": "print a model's greedy continuation of a prompt (a quick check that a model works)",
+    "vocab": "compare two models' vocabularies id by id (what sharing token ids between them would mean)",
 }
 
 EPILOG = """examples:
@@ -28,6 +29,7 @@ EPILOG = """examples:
   tokconv runs export --format csv --output runs.csv
   tokconv models
   tokconv complete --model smollm2-135m --prompt "The capital of France is" --max-tokens 8
+  tokconv vocab smollm2-135m qwen2.5-coder-0.5b
 """
 
 

@@ -8,6 +8,7 @@ guarded by locks and each model carries an ``RLock`` for its forward passes.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import mlx_lm
+from mlx_lm.utils import load_tokenizer
 
 from .. import fastpath
 from ..errors import ModelNotFound, TokconvError
@@ -127,3 +129,24 @@ def unregister(spec: str) -> None:
     """Forget the model held under ``spec`` (the next :func:`load` loads it again)."""
     with _registry_lock:
         _registry.pop(spec, None)
+
+
+def load_vocabulary(spec: str, progress: ProgressFn | None = None) -> LoadedModel:
+    """A model's tokenizer and vocabulary size without its weights (``model`` is None), for questions
+    about the vocabulary alone: seconds instead of a full load. The full model when it is loaded already."""
+    spec = spec.strip()
+    with _registry_lock:
+        if spec in _registry:
+            return _registry[spec]
+    t0 = time.perf_counter()
+    path, facts, converted = resolve(spec, progress)
+    try:
+        tokenizer = load_tokenizer(path)
+        config = json.loads((path / "config.json").read_text())
+    except Exception as exc:  # a folder mlx-lm cannot read: one message for every cause
+        raise ModelNotFound(f"could not read the tokenizer in {path}: {exc}",
+                            "if tokconv made this folder, delete it to convert again") from exc
+    size = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size") or len(tokenizer.vocab)
+    return LoadedModel(name=facts["name"], spec=spec, path=path, model=None, tokenizer=tokenizer,
+                       architecture=facts["architecture"], family=facts["family"], vocab_size=int(size),
+                       bos_id=_bos_id(tokenizer), load_seconds=time.perf_counter() - t0, converted=converted)

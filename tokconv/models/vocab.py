@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+
 import numpy as np
 
 from .loading import LoadedModel
@@ -54,3 +56,41 @@ def tokenizer_key(lm: LoadedModel) -> str:
         vocab = sorted(hf.get_vocab().items(), key=lambda kv: kv[1])
         _KEYS[lm.spec] = hashlib.sha1(repr(vocab).encode()).hexdigest()[:16]
     return _KEYS[lm.spec]
+
+
+@dataclass(frozen=True)
+class VocabComparison:
+    """How two models' vocabularies relate, id by id (what passing ids straight across would mean)."""
+
+    name_a: str
+    name_b: str
+    size_a: int  # rows of each model's embedding (ids 0..size-1)
+    size_b: int
+    same_text: int  # ids below both sizes that decode to the same string in both
+    first_divergent: int | None  # the lowest id whose strings differ (None: none below both sizes)
+    id0_a: str  # what id 0 is in each
+    id0_b: str
+    beyond_b: float  # share of A's ordinary vocabulary at ids >= size_b (out of B's range)
+    beyond_a: float  # share of B's ordinary vocabulary at ids >= size_a
+
+
+def _id_texts(lm: LoadedModel, n: int) -> list[str]:
+    hf = getattr(lm.tokenizer, "_tokenizer", lm.tokenizer)
+    size = min(n, len(hf.get_vocab()))
+    batch = getattr(hf, "batch_decode", None)
+    texts = batch([[i] for i in range(size)]) if batch else [hf.decode([i]) for i in range(size)]
+    return list(texts) + [""] * (n - size)  # ids the tokenizer lacks (padding rows of the embedding)
+
+
+def compare_vocabularies(a: LoadedModel, b: LoadedModel) -> VocabComparison:
+    """Compare two vocabularies id by id: sizes, shared strings, the first divergence, id 0, and how
+    much of each model's ordinary vocabulary lies beyond the other's range."""
+    n = min(a.vocab_size, b.vocab_size)
+    ta, tb = _id_texts(a, n), _id_texts(b, n)
+    same = [x == y and x != "" for x, y in zip(ta, tb)]
+    first = next((i for i, s in enumerate(same) if not s), None)
+    oa, ob = ordinary_token_ids(a), ordinary_token_ids(b)
+    return VocabComparison(
+        a.name, b.name, a.vocab_size, b.vocab_size, sum(same), first, ta[0] if ta else "", tb[0] if tb else "",
+        float(np.mean(oa >= b.vocab_size)) if oa.size else 0.0, float(np.mean(ob >= a.vocab_size)) if ob.size else 0.0,
+    )

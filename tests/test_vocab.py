@@ -1,0 +1,27 @@
+"""`tokconv vocab`: how two real vocabularies relate, id by id."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tokconv.cli import main
+from tokconv.models import load_vocabulary
+from tokconv.models.vocab import compare_vocabularies
+
+
+@pytest.mark.slow
+def test_smollm2_and_qwen_vocabularies_compared(capsys):
+    smol, qwen = load_vocabulary("smollm2-135m"), load_vocabulary("qwen2.5-coder-0.5b")
+    assert smol.model is None and qwen.model is None  # tokenizers only: no weights loaded
+    c = compare_vocabularies(smol, qwen)
+    assert (c.size_a, c.size_b) == (49_152, 151_936)
+    assert c.id0_b == "!" and c.id0_a == "<|endoftext|>"
+    assert c.first_divergent == 0  # the two byte-level BPE vocabularies differ from id 0 on
+    assert 0 < c.same_text < 1000
+    assert c.beyond_b == 0.0  # every SmolLM2 id is a valid Qwen id...
+    assert 0.5 < c.beyond_a < 0.8  # ...but most of Qwen's ordinary ids are past SmolLM2's end
+    assert main(["vocab", "smollm2-135m", "qwen2.5-coder-0.5b", "--format", "json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["id0_b"] == "!" and printed["size_b"] == 151_936
