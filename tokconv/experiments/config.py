@@ -51,7 +51,10 @@ OOV = {
 }
 # Fields added after the first stored runs: left out of the settings key at their defaults, so
 # runs saved before they existed keep their keys.
-_KEY_DEFAULTS = {"share": "text", "oov": "error"}
+_KEY_DEFAULTS = {"share": "text", "oov": "error", "dtype": "auto"}
+# Precision of weights and activations: auto is the device's best (float32 on a CPU, the model's
+# own weights on a GPU); half precision on a CPU is several times slower.
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class RunConfig:
     block_after: int = 3
     share: str = "text"
     oov: str = "error"
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -106,6 +110,8 @@ def validate_config(c: RunConfig) -> None:
         raise TokconvError(f"unknown sharing '{c.share}'", f"use one of: {', '.join(SHARE)}")
     if c.oov not in OOV:
         raise TokconvError(f"unknown out-of-vocabulary policy '{c.oov}'", f"use one of: {', '.join(OOV)}")
+    if c.dtype not in DTYPES:
+        raise TokconvError(f"unknown precision '{c.dtype}'", f"use one of: {', '.join(DTYPES)}")
     if c.oov != "error" and c.share != "ids":
         raise TokconvError(f"--oov {c.oov} applies only when token ids are shared", "add --share ids, or leave --oov out")
     if c.start_text is not None and not c.start_text.strip():

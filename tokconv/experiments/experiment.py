@@ -82,7 +82,7 @@ def prepare(config: RunConfig, models: Sequence[LoadedModel] | None = None,
     if models is not None and len(models) != len(config.models):
         raise TokconvError(f"mode '{config.mode}' takes {len(config.models)} model(s), {len(models)} given",
                            "pass one loaded model per model in the settings")
-    lms = list(models) if models is not None else [load(spec, progress=progress) for spec in config.models]
+    lms = list(models) if models is not None else [load(spec, progress, config.dtype) for spec in config.models]
     labels = _labels(lms)
     players = [modes.Player(lm, i, label, oov=config.oov,
                             others="".join(f" (from {o}, {m.vocab_size:,} ids)" for o, m in zip(labels, lms) if m is not lm))

@@ -71,23 +71,34 @@ def use_fp32_weights() -> bool:
     return setup().device == "cpu"
 
 
-def prepare_model(model: Any) -> None:
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def prepare_model(model: Any, dtype: str = "auto") -> None:
     """Ready a freshly loaded mlx-lm model for this device (once per load).
 
-    On Linux CPU: dequantized float32 weights (quantized and half matmuls are slow there), the
-    vectorised attention softmax and table RoPE, and MKL's packed weights where available.
-    On Metal or CUDA the model keeps its native weights and kernels.
+    ``auto``: on Linux CPU dequantized float32 weights (quantized and half-precision matmuls are
+    slow there), on Metal or CUDA the model's native (often quantized) weights. Any other ``dtype``
+    runs weights and activations in that precision on every device (half precision on a CPU is
+    several times slower). On a CPU the vectorised attention softmax and table RoPE go in, and
+    float32 weights get MKL's packed copies where available.
     """
-    if not use_fp32_weights():
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    cpu = use_fp32_weights()
+    if dtype == "auto" and not cpu:
         return
     import mlx.core as mx  # not at import: setup() must run before MLX loads
     import mlx.nn as nn
     from mlx_lm.utils import dequantize_model
 
+    target = mx.float32 if dtype == "auto" else getattr(mx, dtype)
     if any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules()):
         dequantize_model(model)
-    model.set_dtype(mx.float32)
+    model.set_dtype(target)
     mx.eval(model.parameters())
+    if not cpu:
+        return
     if setup().fast_exp:
         from . import kernels  # imports MLX: only after setup()
 

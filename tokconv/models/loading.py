@@ -38,6 +38,7 @@ class LoadedModel:
     bos_id: int | None  # prepended to every scored sequence when the tokenizer adds one
     load_seconds: float
     converted: bool  # whether this load had to convert a GGUF first
+    dtype: str = "auto"  # the precision asked for (tokconv.fastpath.startup.DTYPES); auto: the device's best
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def encode(self, text: str) -> list[int]:
@@ -68,17 +69,24 @@ def _bos_id(tokenizer: Any) -> int | None:
     return int(bos) if probe and probe[0] == bos else None
 
 
-def load(spec: str, progress: ProgressFn | None = None) -> LoadedModel:
-    """Load a model once per process and return the shared instance (thread-safe)."""
+def _key(spec: str, dtype: str) -> str:
+    return spec if dtype == "auto" else f"{spec}@{dtype}"
+
+
+def load(spec: str, progress: ProgressFn | None = None, dtype: str = "auto") -> LoadedModel:
+    """Load a model once per process (per precision) and return the shared instance (thread-safe).
+
+    ``dtype`` (auto, float32, float16, bfloat16): see :func:`tokconv.fastpath.prepare_model`."""
     spec = spec.strip()
+    key = _key(spec, dtype)
     with _registry_lock:
-        if spec in _registry:
-            return _registry[spec]
-        spec_lock = _spec_locks.setdefault(spec, threading.RLock())
+        if key in _registry:
+            return _registry[key]
+        spec_lock = _spec_locks.setdefault(key, threading.RLock())
     with spec_lock:  # one loader per spec; other specs load in parallel
         with _registry_lock:
-            if spec in _registry:
-                return _registry[spec]
+            if key in _registry:
+                return _registry[key]
         fastpath.setup()
         t0 = time.perf_counter()
         path, facts, converted = resolve(spec, progress)
@@ -93,7 +101,7 @@ def load(spec: str, progress: ProgressFn | None = None) -> LoadedModel:
                 f"mlx-lm could not load the model folder {path}: {exc}",
                 "if tokconv made this folder, delete it to convert again; otherwise check it was made by mlx_lm.convert",
             ) from exc
-        fastpath.prepare_model(model)  # fp32 weights, kernels and packs on Linux CPU
+        fastpath.prepare_model(model, dtype)  # fp32 weights, kernels and packs on Linux CPU
         vocab_size = int(model.args.vocab_size) if hasattr(model, "args") else len(tokenizer.vocab)
         loaded = LoadedModel(
             name=facts["name"],
@@ -107,9 +115,10 @@ def load(spec: str, progress: ProgressFn | None = None) -> LoadedModel:
             bos_id=_bos_id(tokenizer),
             load_seconds=time.perf_counter() - t0,
             converted=converted,
+            dtype=dtype,
         )
         with _registry_lock:
-            _registry[spec] = loaded
+            _registry[key] = loaded
         return loaded
 
 
@@ -122,7 +131,7 @@ def loaded_specs() -> list[str]:
 def register(lm: LoadedModel) -> None:
     """Make a model built in code (a test model, a model loaded elsewhere) loadable under its spec."""
     with _registry_lock:
-        _registry[lm.spec] = lm
+        _registry[_key(lm.spec, lm.dtype)] = lm
 
 
 def unregister(spec: str) -> None:
