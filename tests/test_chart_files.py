@@ -71,3 +71,30 @@ def test_chart_block_offers_png_and_svg_made_by_chart_bytes(chart):
     assert formats[:2] == ["png", "svg"] and "html" in formats
     assert _png_size(views._chart_file(chart, "png")())[0] > 0
     assert views.file_stem("HuggingFaceTB/SmolLM2 135M") == "HuggingFaceTB_SmolLM2_135M"
+
+
+def _axis_labels(chart) -> list[list[str]]:
+    """The labels of each axis as Vega draws them (its scenegraph: no browser needed)."""
+    import vl_convert
+
+    found: list[list[str]] = []
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if node.get("role") == "axis-label":
+                found.append([item.get("text") for item in node.get("items", [])])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(vl_convert.vegalite_to_scenegraph(chart.to_dict()))
+    return found
+
+
+def test_count_axes_are_drawn_with_whole_numbers_only_even_when_counts_reach_one(chart):
+    # every iteration of this battle changes one token: Vega's own ticks would be 0, 0.5, 1 (drawn "0", "1", "1")
+    x_labels, y_labels = _axis_labels(chart)
+    assert x_labels == [str(i) for i in range(1, len(x_labels) + 1)]
+    assert y_labels == ["0", "1"]

@@ -27,7 +27,19 @@ __all__ = [
 
 MODEL_COLORS = ("#4c78a8", "#f58518")  # Vega's tableau10 blue and orange: readable on light and dark themes
 _SIDE_INDEX = {"A": 0, "B": 1}
-COUNT_AXIS = alt.Axis(tickMinStep=1, format="d")  # counts: whole numbers only, never a tick at 0.5
+
+
+def count_axis(top: float) -> alt.Axis:
+    """An axis for counts up to ``top``: whole-number ticks only.
+
+    ``tickMinStep`` alone still lets Vega put a tick at 0.5 when the counts only reach 1 (it asks for two
+    ticks, and d3 splits 0..1 in halves), so the tick count is also capped at ``top``: d3 then never
+    picks a step below 1.
+    """
+    top = float(top) if pd.notna(top) else 1.0
+    return alt.Axis(tickMinStep=1, format="d", tickCount=max(1, min(8, int(top))))
+
+
 FLAT_LABELS = alt.Axis(labelAngle=0, labelOverlap="greedy")  # iteration/position labels upright; crowded ones thinned
 
 
@@ -93,7 +105,7 @@ def flip_counts_chart(flips: pd.DataFrame, *, title: str = "How often each posit
         .mark_bar()
         .encode(
             x=alt.X("position:O", title="position", axis=FLAT_LABELS),
-            y=alt.Y("sum(flips):Q", title="changes", axis=COUNT_AXIS),
+            y=alt.Y("sum(flips):Q", title="changes", axis=count_axis(flips.groupby("position")["flips"].sum().max())),
             color=_model_color(flips),
             tooltip=[alt.Tooltip("position:O"), alt.Tooltip("model:N"), alt.Tooltip("flips:Q", title="changes")],
         )
@@ -108,7 +120,7 @@ def insertions_chart(insertions: pd.DataFrame, *, top: int = 15, title: str = "T
         .mark_bar()
         .encode(
             y=alt.Y("token:N", sort="-x", title="token"),
-            x=alt.X("count:Q", title="times inserted", axis=COUNT_AXIS),
+            x=alt.X("count:Q", title="times inserted", axis=count_axis(df["count"].max())),
             color=_model_color(df),
             tooltip=[
                 alt.Tooltip("model:N"),
@@ -127,7 +139,7 @@ def changes_chart(iterations: pd.DataFrame, *, title: str = "Tokens changed per 
         .mark_bar()
         .encode(
             x=alt.X("iteration:O", title="iteration", axis=FLAT_LABELS),
-            y=alt.Y("changes:Q", title="tokens changed", axis=COUNT_AXIS),
+            y=alt.Y("changes:Q", title="tokens changed", axis=count_axis(iterations.groupby("iteration")["changes"].sum().max())),
             color=_model_color(iterations),
             tooltip=[
                 alt.Tooltip("iteration:O"),
@@ -160,7 +172,7 @@ def sweep_chart(sweep: pd.DataFrame, reference: pd.DataFrame, *, title: str = "I
     Layers: ``[[claims, mean], points]``.
     """
     x = alt.X("length:Q", title="start length (tokens)", axis=alt.Axis(tickMinStep=1, format="d", labelAngle=0))
-    y_axis = alt.Axis(tickMinStep=1, format="d")
+    y_axis = count_axis(max(sweep["iterations"].max(), reference["iterations"].max() if len(reference) else 0))
     trend = sweep.groupby("length", as_index=False)["iterations"].mean().assign(claim=TREND)[["claim", "length", "iterations"]]
     claims = reference["claim"].drop_duplicates().tolist()
     domain = [TREND, *claims]
