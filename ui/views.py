@@ -7,7 +7,6 @@ Markdown element fits (headings, metric labels), or through :func:`esc` inside t
 
 from __future__ import annotations
 
-import html
 import math
 import re
 
@@ -239,13 +238,13 @@ def fingerprint_view(r: RunResult, ins: pd.DataFrame, key: str, *, battle: bool)
         return
     st.caption("A fingerprint is what each model keeps inserting while the other contests it. " + MARKS_NOTE)
     cols = st.columns(2)
-    for col, model in zip(cols, r.models):
+    for col, side, model in zip(cols, "AB", r.models):
         with col:
-            mine = ins[ins["model"] == model]
+            mine = ins[ins["side"] == side]  # by side, not name: a model may battle itself
             if mine.empty:
                 st.text(f"{model} inserted nothing.")
                 continue
-            chart_block(charts.insertions_chart(mine, title=model), mine, f"fingerprint_{model}", f"{key}_fp_{mine['side'].iloc[0]}")
+            chart_block(charts.insertions_chart(mine, title=model), mine, f"fingerprint_{model}", f"{key}_fp_{side}")
 
 
 def page_intro(title: str, text: str) -> None:
