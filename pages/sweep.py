@@ -8,6 +8,7 @@ are skipped, so running a stopped sweep again resumes it.
 import streamlit as st
 
 from tokconv.analysis import charts, frames
+from tokconv.analysis.display import markdown_escape
 from tokconv.experiments import MODES, SweepSpec
 from tokconv.experiments.config import MAX_ITERATIONS
 from tokconv.models import DEFAULT_MODEL_A, DEFAULT_MODEL_B
@@ -20,6 +21,7 @@ LENGTHS = [2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64]
 views.page_intro(
     "Sweep: how long until it settles?",
     "Run one mode many times, over several start lengths and seeds, and see how many iterations each run takes. "
+    "Each dot is one run, colored by how it ended; the solid line is the mean of your runs at each length. "
     "The dashed lines are the original's claims: sequential solo in **2 iterations**, single-token solo in "
     "**about 2.5 × length**, adversarial-single in **about 3 × length**. Each run is saved as it finishes; running "
     "the same sweep again skips the runs already saved, so a stopped sweep picks up where it left off.",
@@ -27,7 +29,7 @@ views.page_intro(
 
 c1, c2 = st.columns(2)
 with c2:
-    mode = controls.mode_picker(MODES, "sweep_mode", "sequential")
+    mode = controls.mode_picker(tuple(MODES), "sweep_mode", "sequential")
 with c1:
     model = controls.model_picker("Model" if mode not in ("adversarial", "adversarial-single") else "Model A", "sweep_model", DEFAULT_MODEL_A)
     model_b = controls.model_picker("Model B", "sweep_model_b", DEFAULT_MODEL_B) if mode.startswith("adversarial") else None
@@ -60,14 +62,15 @@ if last is not None:
         runs = sweeping.grid_runs(last)
     except Exception as exc:
         running.show_error(exc)
-    if stopped and len(runs) < len(last.keys):
-        st.info(f"The sweep was stopped with {len(runs)} of {len(last.keys)} run(s) done. Press Run sweep again to finish it: saved runs are skipped.")
+    message = sweeping.stopped_info(last, len(runs)) if stopped else None
+    if message:
+        st.info(message)
 if runs:
     st.divider()
     sweep = frames.sweep_frame(runs)
     summary = frames.sweep_summary(sweep)
     first_run = frames.as_result(runs[0])
-    st.subheader(f"{len(runs)} run(s): {first_run.config.mode} · {' vs '.join(first_run.models)}")
+    st.subheader(f"{len(runs)} run(s): {first_run.config.mode} · {markdown_escape(' vs '.join(first_run.models))}")
     rates = st.columns(3)
     rates[0].metric("Converged", f"{100 * sweep['converged'].mean():.0f}%", help="Runs that reached a fixed point.")
     rates[1].metric("Oscillating", f"{100 * sweep['oscillating'].mean():.0f}%", help="Runs where a state came back: a cycle that would go on forever.")

@@ -128,14 +128,10 @@ def test_sweep_chart_layers_runs_means_and_the_original_claims(solo, battle):
     assert set(ref["claim"]) == set(frames.CLAIMS)
     assert ref.query("length == 7")["iterations"].tolist() == [2.0, 17.5, 21.0]
     spec = _spec(charts.sweep_chart(sweep, ref))
-    assert [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"] for layer in spec["layer"]] == [
-        "line",
-        "line",
-        "circle",
-    ]
-    claims = spec["layer"][0]
-    assert claims["mark"]["strokeDash"] == [6, 4] and claims["encoding"]["color"]["field"] == "claim"
-    assert spec["resolve"]["scale"]["color"] == "independent"  # claim colors apart from run-status colors
+    (claims, mean), points = spec["layer"][0]["layer"], spec["layer"][1]
+    assert [claims["mark"]["type"], mean["mark"]["type"], points["mark"]["type"]] == ["line", "line", "circle"]
+    assert claims["encoding"]["color"]["field"] == "claim" and claims["encoding"]["strokeDash"]["field"] == "claim"
+    assert spec["resolve"]["scale"]["color"] == "independent"  # line colors apart from run-status colors
 
 
 def test_sweep_summary_gives_rates_per_length(solo, battle):
@@ -189,3 +185,130 @@ def test_describe_reads_the_numbers_in_words():
 def test_the_library_never_imports_streamlit():
     code = "import sys, tokconv.analysis.charts, tokconv.analysis.frames, tokconv.analysis.compare; sys.exit('streamlit' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# --- issue #14: one colour per model, the sweep chart's legend and colours, integer counts, upright labels ---
+
+
+def _color_scale(enc: dict) -> tuple[list, list]:
+    return enc["color"]["scale"]["domain"], enc["color"]["scale"]["range"]
+
+
+def test_model_b_alone_is_orange_with_its_name_in_the_legend(battle):
+    ins = frames.insertions_frame(battle)
+    for model, color in (("A", charts.MODEL_COLORS[0]), ("B", charts.MODEL_COLORS[1])):
+        spec = _spec(charts.insertions_chart(ins[ins["model"] == model], title=model))
+        assert _color_scale(spec["encoding"]) == ([model], [color])
+
+
+def test_every_model_chart_maps_the_model_names_to_the_two_fixed_colors(battle):
+    both = (["A", "B"], list(charts.MODEL_COLORS))
+    steps, flips, its = frames.steps_frame(battle), frames.flips_frame(battle), frames.iterations_frame(battle)
+    assert _color_scale(_spec(charts.flip_heatmap(steps))["encoding"]) == both
+    assert _color_scale(_spec(charts.flip_counts_chart(flips))["encoding"]) == both
+    assert _color_scale(_spec(charts.insertions_chart(frames.insertions_frame(battle)))["encoding"]) == both
+    assert _color_scale(_spec(charts.changes_chart(its))["encoding"]) == both
+    only_b = steps[steps["side"] == "B"]  # a battle where only B changed anything is still colored by model
+    assert _color_scale(_spec(charts.flip_heatmap(only_b, by_model=True))["encoding"]) == (["B"], [charts.MODEL_COLORS[1]])
+
+
+def test_fingerprint_comparison_legend_names_the_fingerprints_not_left_and_right():
+    df = compare.compare_frame({"!": 3}, {" ": 2}, ("smollm2 in battle 1", "gemma3 in battle 1"))
+    domain, colors = _color_scale(_spec(charts.compare_chart(df))["encoding"])
+    assert domain == ["smollm2 in battle 1", "gemma3 in battle 1"] and colors == list(charts.MODEL_COLORS)
+
+
+def test_sweep_chart_gives_the_measured_trend_its_own_legend_entry_and_color(solo, battle):
+    sweep = frames.sweep_frame([solo, battle, solo])
+    spec = _spec(charts.sweep_chart(sweep, frames.reference_frame(sweep["length"])))
+    (claims, mean), points = spec["layer"][0]["layer"], spec["layer"][1]
+    assert claims["encoding"]["color"] == mean["encoding"]["color"]  # one scale, one legend for all lines
+    lines = mean
+    domain, colors = _color_scale(lines["encoding"])
+    assert domain[0] == charts.TREND and domain[1:] == list(frames.CLAIMS)
+    assert colors[0] == charts.TREND_COLOR and charts.TREND_COLOR not in colors[1:]
+    assert lines["encoding"]["strokeDash"]["scale"]["range"][0] == [1, 0]  # measured: solid; claims: dashed
+    assert all(d == [6, 4] for d in lines["encoding"]["strokeDash"]["scale"]["range"][1:])
+    trend = [r for rows in spec["datasets"].values() for r in rows if r.get("claim") == charts.TREND]
+    assert sorted((r["length"], r["iterations"]) for r in trend) == [(3, battle.iterations), (7, 2.0)]
+    status_domain, status_colors = _color_scale(points["encoding"])
+    assert status_domain == ["converged", "all-blocked"]
+    assert status_colors == [charts.STATUS_COLORS["converged"], charts.STATUS_COLORS["all-blocked"]]
+
+
+def _rgb(hex_color: str) -> tuple[int, int, int]:
+    return tuple(int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def test_status_colors_are_clearly_distinct_from_each_other_and_from_the_lines():
+    palette = list(charts.STATUS_COLORS.values()) + [charts.TREND_COLOR, *charts.CLAIM_COLORS, *charts.MODEL_COLORS]
+    for i, a in enumerate(palette):
+        for b in palette[i + 1 :]:
+            distance = sum((x - y) ** 2 for x, y in zip(_rgb(a), _rgb(b))) ** 0.5
+            assert distance > 60, (a, b)
+
+
+def test_counts_have_whole_number_ticks_and_iteration_labels_stay_upright(solo, battle):
+    sweep = frames.sweep_frame([solo, battle])
+    sweep_spec = _spec(charts.sweep_chart(sweep, frames.reference_frame(sweep["length"])))
+    count_axes = [
+        _spec(charts.changes_chart(frames.iterations_frame(battle)))["encoding"]["y"]["axis"],
+        _spec(charts.flip_counts_chart(frames.flips_frame(battle)))["encoding"]["y"]["axis"],
+        _spec(charts.insertions_chart(frames.insertions_frame(battle)))["encoding"]["x"]["axis"],
+        sweep_spec["layer"][0]["layer"][0]["encoding"]["y"]["axis"],
+        sweep_spec["layer"][0]["layer"][1]["encoding"]["y"]["axis"],
+        sweep_spec["layer"][1]["encoding"]["y"]["axis"],
+    ]
+    for axis in count_axes:
+        assert axis["tickMinStep"] == 1 and axis["format"] == "d" and axis["tickCount"] >= 1
+    label_axes = [
+        _spec(charts.changes_chart(frames.iterations_frame(battle)))["encoding"]["x"]["axis"],
+        _spec(charts.flip_heatmap(frames.steps_frame(battle)))["encoding"]["x"]["axis"],
+        _spec(charts.flip_counts_chart(frames.flips_frame(battle)))["encoding"]["x"]["axis"],
+        sweep_spec["layer"][1]["encoding"]["x"]["axis"],
+    ]
+    for axis in label_axes:
+        assert axis["labelAngle"] == 0
+
+
+# --- cross-tokenizer battles: blocked positions must exist in the sequence shown ---
+
+
+def test_blocked_positions_past_the_end_of_the_shown_sequence_are_left_out(battle):
+    import dataclasses
+
+    log = list(battle.iterations_log)
+    last = log[-1]
+    assert len(last.pieces) == 3
+    log[-1] = dataclasses.replace(last, blocked=(1, 2, 8, 9))  # 8 and 9: counted in the other model's longer tokenization
+    r = dataclasses.replace(battle, iterations_log=log)
+    shown, elsewhere = frames.blocked_positions(r, len(log))
+    assert shown == [1, 2] and elsewhere == 2
+    seq = frames.sequence_frame(r, len(log))
+    assert seq.loc[seq["blocked"], "position"].tolist() == [1, 2]
+    assert frames.blocked_positions(r, 0) == ([], 0)
+    assert all(p < len(seq) for p in shown)
+
+
+# --- plain words ---
+
+
+def test_the_marks_and_entropy_units_are_explained_in_one_place():
+    from tokconv.analysis import display
+
+    for mark in ("·", "↵", "�", "space", "new line", "not complete on its own"):
+        assert mark in display.MARKS_NOTE
+    assert display.ENTROPY_NOTE == (
+        "Entropy measures how unsure the model is: 0 means certain; 1 bit = two equally likely choices; "
+        "nats use the natural log, 1 nat ≈ 1.44 bits."
+    )
+
+
+def test_markdown_escape_leaves_plain_names_alone_and_neutralises_formatting():
+    from tokconv.analysis.display import markdown_escape
+
+    assert markdown_escape("smollm2-135m") == "smollm2-135m"
+    assert markdown_escape("qwen2.5-coder-0.5b") == "qwen2.5-coder-0.5b"
+    out = markdown_escape("![](//evil.example/) **x** :red[y]\n\n# z")
+    assert "![" not in out and "](" not in out and "**" not in out and ":red[" not in out and "\n" not in out
+    assert out.replace("\\", "") == "![](//evil.example/) **x** :red[y]  # z"

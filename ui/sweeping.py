@@ -6,6 +6,10 @@ steps it asks ``should_stop``, where a caption is refreshed now and then, so Can
 (or any widget change) stops the sweep within a moment even during a long run.
 The run cut short is not saved, as with ``tokconv sweep``: running the sweep again
 skips every saved run and redoes only that one and those after it.
+
+The time left is re-estimated on every heartbeat, not only when a run ends (:class:`Pace`), and
+after a Cancel the page counts what the store holds for the grid's keys (:func:`saved_count`),
+exactly as the resumed sweep will when it says how many runs it skips.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any, Callable
 import streamlit as st
 
 from tokconv.experiments import RunResult, SweepSpec
-from tokconv.experiments.sweep import SweepProgress, run_sweep
+from tokconv.experiments.sweep import RunSink, SweepProgress, run_sweep
 
 from . import running, runstore
 from .views import status_sentence
@@ -58,11 +62,77 @@ def time_left(seconds: float | None) -> str:
     return f"about {s // 3600} h {s % 3600 // 60:02d} min left"
 
 
-def progress_text(p: SweepProgress) -> str:
+@dataclass
+class Pace:
+    """How fast this sweep's runs finish, to estimate the time left at any moment, between runs too.
+
+    Times are ``time.perf_counter()`` seconds; ``started`` is when the first run began (after the models
+    loaded), ``last`` when the latest run finished, ``ran`` how many runs this sweep finished (skipped ones
+    do not count: they took no time).
+    """
+
+    started: float
+    last: float
+    ran: int = 0
+
+    def finished(self, ran: int, now: float) -> None:
+        self.ran, self.last = ran, now
+
+    def seconds_left(self, to_go: int, now: float) -> float | None:
+        """Seconds until ``to_go`` more runs are done, or None before the first run finished (no pace yet).
+
+        While the current run takes no longer than the average run so far, the estimate counts down with
+        the clock; when it takes longer, the average is recomputed as if it were finishing now.
+        """
+        if to_go <= 0:
+            return 0.0
+        if self.ran <= 0:
+            return None
+        pace = (self.last - self.started) / self.ran  # seconds per run so far
+        since = max(0.0, now - self.last)  # time spent on the run in progress
+        if since <= pace:
+            return pace * to_go - since
+        return (now - self.started) / (self.ran + 1) * (to_go - 1)
+
+
+def time_left_now(seconds: float | None, to_go: int) -> str:
+    """The time left in words; 'finishing the last run…' when the estimate has run out before the run has."""
+    if seconds is not None and seconds < 1 and to_go > 0:
+        return "finishing the last run…" if to_go == 1 else "finishing the current run…"
+    return time_left(seconds)
+
+
+def progress_text(p: SweepProgress, seconds_left: float | None = None) -> str:
+    """'3 of 8 run(s) done (2 already saved) · about 40 s left'; ``seconds_left`` overrides the estimate in ``p``."""
     skipped = f" ({p.skipped} already saved)" if p.skipped else ""
     if p.done >= p.total:
         return f"All {p.total} run(s) done{skipped}."
-    return f"{p.done} of {p.total} run(s) done{skipped} · {time_left(p.eta_seconds)}"
+    eta = p.eta_seconds if seconds_left is None else seconds_left
+    return f"{p.done} of {p.total} run(s) done{skipped} · {time_left_now(eta, p.total - p.done)}"
+
+
+def saved_count(keys: list[str], sink: RunSink | None) -> int | None:
+    """How many runs of the grid ``keys`` the store holds, counted as ``run_sweep`` counts the runs it skips;
+    None without a store."""
+    if sink is None:
+        return None
+    done = sink.done_keys()
+    return sum(1 for k in keys if k in done)
+
+
+def stopped_message(keys: list[str], saved: int | None, kept: int) -> str | None:
+    """What to say after a sweep was stopped: how many runs are saved (the resumed sweep skips exactly these),
+    or, without a store, how many this session kept; None when nothing is left to do."""
+    total = len(keys)
+    if saved is None:
+        if kept >= total:
+            return None
+        return (f"The sweep was stopped with {kept} of {total} run(s) done. Runs are not being saved (no usable "
+                "run database), so running the sweep again starts from the first run.")
+    if saved >= total:
+        return None
+    return (f"The sweep was stopped with {saved} of {total} run(s) done and saved. Press Run sweep again to finish it: "
+            f"the {saved} saved run(s) are skipped.")
 
 
 def run(spec_fn: Callable[[], SweepSpec]) -> None:
@@ -78,8 +148,13 @@ def run(spec_fn: Callable[[], SweepSpec]) -> None:
     store = runstore.store()
     cancel = st.empty()
     cancel.button("Cancel", key="sweep_cancel", help="Stop the sweep. Finished runs are saved and stay in the chart; the run in progress is dropped.")
-    note, bar, line, beat = st.empty(), st.progress(0.0, text=f"0 of {len(configs)} run(s) done"), st.empty(), st.empty()
+    note, bar, line, beat = st.empty(), st.progress(0.0, text=f"0 of {len(configs)} run(s) done · {time_left(None)}"), st.empty(), st.empty()
     clock = {"start": time.perf_counter(), "beat": 0.0}
+    pace = Pace(clock["start"], clock["start"])
+    latest: dict[str, SweepProgress] = {}
+
+    def show(p: SweepProgress, now: float) -> None:
+        bar.progress(p.done / p.total if p.total else 1.0, text=progress_text(p, pace.seconds_left(p.total - p.done, now)))
 
     def on_progress(p: SweepProgress) -> None:
         if p.last is None:  # before the first run: what is skipped, then the models
@@ -88,18 +163,23 @@ def run(spec_fn: Callable[[], SweepSpec]) -> None:
                 note.info(f"{p.skipped} run(s) already saved, skipped.")
             if p.skipped < p.total:
                 running.load_models(configs[0].models, line.caption)
+            pace.started = pace.last = time.perf_counter()  # loading the models is not a run's time
         else:
+            pace.finished(p.done - p.skipped, time.perf_counter())
             if store is None:
                 state.runs[p.last.config.key()] = p.last
             r: RunResult = p.last
             line.caption(f"Latest: length {r.config.length}, seed {r.config.seed}: {status_sentence(r)}")
-        bar.progress(p.done / p.total if p.total else 1.0, text=progress_text(p))
+        latest["p"] = p
+        show(p, time.perf_counter())
 
     def keep_responsive() -> bool:
         now = time.perf_counter()
         if now - clock["beat"] >= BEAT:
             clock["beat"] = now
             beat.caption(f"Working… {now - clock['start']:.0f} s so far.")
+            if "p" in latest:  # the time left counts down between runs too
+                show(latest["p"], now)
         return False  # Streamlit itself stops the script at the caption above when Cancel is pressed
 
     st.session_state[RUNNING] = True
@@ -114,6 +194,11 @@ def run(spec_fn: Callable[[], SweepSpec]) -> None:
     st.session_state.pop(RUNNING, None)  # not reached when Streamlit stops the script: the next run sees it was cut short
     cancel.empty()
     beat.empty()
+
+
+def stopped_info(state: SweepState, kept: int) -> str | None:
+    """:func:`stopped_message` for the latest sweep, counting the store's runs of its grid now."""
+    return stopped_message(state.keys, saved_count(state.keys, runstore.store()), kept)
 
 
 def grid_runs(state: SweepState) -> list[RunResult | dict[str, Any]]:

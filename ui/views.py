@@ -1,16 +1,21 @@
-"""Pieces of the result pages: token chips, the status line, charts with downloads, the run view, fingerprint comparison."""
+"""Pieces of the result pages: token chips, the status line, charts with downloads, the run view, fingerprint comparison.
+
+Text that comes from users or models (model names, token text, labels, file names) is never read as Markdown
+or HTML: it goes through ``st.text``, through :func:`~tokconv.analysis.display.markdown_escape` where only a
+Markdown element fits (headings, metric labels), or through :func:`esc` inside the chips' HTML.
+"""
 
 from __future__ import annotations
 
-import html
 import math
+import re
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
 from tokconv.analysis import charts, compare, frames
-from tokconv.analysis.display import STATUS_WORDS, token_repr, visible
+from tokconv.analysis.display import ENTROPY_NOTE, MARKS_NOTE, STATUS_WORDS, markdown_escape, token_repr, visible
 from tokconv.experiments import RunResult
 
 # Semi-transparent fills and borders read well on both the light and the dark theme.
@@ -20,25 +25,44 @@ _SIDE_STYLE = {
     0: "background:rgba(76,120,168,0.40);border:1px solid rgba(76,120,168,0.95);",  # model A, blue
     1: "background:rgba(245,133,24,0.40);border:1px solid rgba(245,133,24,0.95);",  # model B, orange
 }
+_BLOCKED = "outline:2px dashed rgba(128,128,128,0.9);outline-offset:-1px;"
+# HTML's special characters, those Markdown or Streamlit could read as formatting, and line breaks (a blank
+# line would end the HTML block and hand the rest to the Markdown parser): all as character references, in one pass.
+_LITERAL = str.maketrans({ch: f"&#{ord(ch)};" for ch in "&<>\"'\\`*_{}[]()#+!|~$\n\r"})
 
 
-def chips_html(pieces: list[str], changed: dict[int, int] | None = None, notes: dict[int, str] | None = None) -> str:
-    """Tokens as chips with whitespace visible; ``changed`` maps position -> model index (0 A, 1 B) to highlight."""
-    changed, notes = changed or {}, notes or {}
+def esc(text: str) -> str:
+    """``text`` as literal HTML text or attribute value, safe inside ``st.markdown(..., unsafe_allow_html=True)``
+    (what ``html.escape(text, quote=True)`` does, and more)."""
+    return str(text).translate(_LITERAL)
+
+
+def chips_html(
+    pieces: list[str], changed: dict[int, int] | None = None, notes: dict[int, str] | None = None, blocked: set[int] | None = None
+) -> str:
+    """Tokens as chips with whitespace visible; ``changed`` maps position -> model index (0 A, 1 B) to highlight,
+    ``blocked`` positions get a dashed outline. Every text is escaped: a token is shown, never interpreted."""
+    changed, notes, blocked = changed or {}, notes or {}, blocked or set()
     out = []
     for i, text in enumerate(pieces):
-        style = _CHIP + _SIDE_STYLE.get(changed.get(i, -1), _PLAIN)
-        title = html.escape(notes.get(i, f"position {i}: {token_repr(text)}"), quote=True)
-        out.append(f'<span style="{style}" title="{title}">{html.escape(frames.chip_label(text))}</span>')
+        style = _CHIP + _SIDE_STYLE.get(changed.get(i, -1), _PLAIN) + (_BLOCKED if i in blocked else "")
+        title = notes.get(i, f"position {i}: {token_repr(text)}") + (" (blocked)" if i in blocked else "")
+        out.append(f'<span style="{style}" title="{esc(title)}">{esc(frames.chip_label(text))}</span>')
         if "\n" in text:
             out.append("<br>")
     return '<div style="line-height:1.9">' + "".join(out) + "</div>"
 
 
-def legend_html(models: list[str]) -> str:
-    """A one-line legend: which color stands for which model's change."""
-    items = [f'<span style="{_CHIP}{_SIDE_STYLE[i]}">{html.escape(m)}</span>' for i, m in enumerate(models[:2])]
-    return '<div style="font-size:0.85em">changed by ' + " ".join(items) + "</div>"
+def legend_html(models: list[str], *, blocked: bool = False) -> str:
+    """A one-line legend: which color stands for which model's change (and the blocked outline, if any)."""
+    items = [f'<span style="{_CHIP}{_SIDE_STYLE[i]}">{esc(m)}</span>' for i, m in enumerate(models[:2])]
+    extra = f' · <span style="{_CHIP}{_PLAIN}{_BLOCKED}">blocked</span>' if blocked else ""
+    return '<div style="font-size:0.85em">changed by ' + " ".join(items) + extra + "</div>"
+
+
+def file_stem(name: str) -> str:
+    """A name safe as a file name on every system (a model name like org/model has a slash)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "chart"
 
 
 def status_sentence(r: RunResult) -> str:
@@ -60,29 +84,40 @@ def status_sentence(r: RunResult) -> str:
 
 
 def download_csv(df: pd.DataFrame, name: str, key: str, label: str = "Download the table (CSV)") -> None:
-    st.download_button(label, df.to_csv(index=False).encode(), f"{name}.csv", "text/csv", key=key, on_click="ignore",
+    st.download_button(label, df.to_csv(index=False).encode(), f"{file_stem(name)}.csv", "text/csv", key=key, on_click="ignore",
                        help="The numbers behind this chart or table, for a spreadsheet.")
 
 
+_CHART_FILES = (  # format, button label, help
+    ("png", "Chart (PNG)", "The chart as a picture, for slides and documents."),
+    ("svg", "Chart (SVG)", "The chart as a drawing that stays sharp at any size, for papers and editing."),
+    ("html", "Chart (HTML)", "The chart as a web page you can open offline: hover for the numbers behind each mark."),
+)
+
+
+def _chart_file(chart: alt.TopLevelMixin, fmt: str):
+    """The chart's file, made only when its button is pressed (rendering takes a second or two)."""
+    return lambda: charts.chart_bytes(chart, fmt)
+
+
 def chart_block(chart: alt.TopLevelMixin, df: pd.DataFrame, name: str, key: str) -> None:
-    """An Altair chart with downloads of its data (CSV) and of the chart itself (HTML with SVG/PNG export)."""
+    """An Altair chart with downloads of its data (CSV) and of the chart itself (PNG, SVG, offline HTML), made here."""
     st.altair_chart(chart, width="stretch")
-    c1, c2 = st.columns(2)
-    with c1:
-        download_csv(df, name, f"{key}_csv", "Data (CSV)")
-    with c2:
-        st.download_button(
-            "Chart (HTML)", chart.to_html().encode(), f"{name}.html", "text/html", key=f"{key}_html", on_click="ignore",
-            help="A standalone page with this chart; its ⋯ menu saves it as SVG or PNG (opening it needs internet for the chart library).",
-        )
+    stem = file_stem(name)
+    cols = st.columns(1 + len(_CHART_FILES))
+    with cols[0]:
+        download_csv(df, stem, f"{key}_csv", "Data (CSV)")
+    for col, (fmt, label, help_text) in zip(cols[1:], _CHART_FILES):
+        ext, mime = charts.CHART_FORMATS[fmt]
+        col.download_button(label, _chart_file(chart, fmt), f"{stem}.{ext}", mime, key=f"{key}_{fmt}", on_click="ignore", help=help_text)
 
 
 def summary(r: RunResult) -> None:
     """The status line and what ran."""
     st.subheader(status_sentence(r))
     c = r.cost
-    cost = f" · {c['forward_passes']} forward passes, {c['wall_seconds']:.1f} s" if "wall_seconds" in c else ""
-    st.caption(f"{r.config.mode} · {' vs '.join(r.models)} · {len(r.start_tokens)} start tokens · seed {r.config.seed}{cost}")
+    cost = f" · {c.forward_passes} forward passes, {c.wall_seconds:.1f} s" if c.forward_passes else ""
+    st.text(f"{r.config.mode} · {' vs '.join(r.models)} · {len(r.start_tokens)} start tokens · seed {r.config.seed}{cost}")
 
 
 def sequence_scrubber(r: RunResult, key: str) -> None:
@@ -90,6 +125,7 @@ def sequence_scrubber(r: RunResult, key: str) -> None:
     n = len(r.iterations_log)
     if n == 0:
         st.markdown(chips_html([r.start_text]), unsafe_allow_html=True)
+        st.caption(MARKS_NOTE)
         return
     k = st.slider("Iteration", 0, n, n, key=key, help="Step through the run: 0 is the random start; each step shows the sequence after that iteration, with the tokens it changed highlighted.")
     seq = frames.sequence_frame(r, k)
@@ -98,16 +134,28 @@ def sequence_scrubber(r: RunResult, key: str) -> None:
         int(row.position): f"position {row.position}: {token_repr(row.old_text)} → {token_repr(row.text)} by {row.model}"
         for row in seq.itertuples() if row.changed
     }
+    blocked, elsewhere = frames.blocked_positions(r, k)
     if k == 0:
         st.caption("The start sequence.")
     else:
         e = r.iterations_log[k - 1]
-        blocked = f"; blocked positions: {', '.join(map(str, e.blocked))}" if e.blocked else ""
-        st.caption(f"After iteration {k}: {e.model} changed {e.changes} token(s){blocked}.")
-    st.markdown(chips_html(list(seq["text"]), changed, notes), unsafe_allow_html=True)
-    st.markdown(legend_html(r.models), unsafe_allow_html=True)
+        st.text(f"After iteration {k}: {e.model} changed {e.changes} token(s){blocked_words(blocked, elsewhere)}.")
+    st.markdown(chips_html(list(seq["text"]), changed, notes, set(blocked)), unsafe_allow_html=True)
+    st.markdown(legend_html(r.models, blocked=bool(blocked)), unsafe_allow_html=True)
+    st.caption(MARKS_NOTE)
     with st.expander("Start and final text"):
         st.code(f"start: {visible(r.start_text)}\nfinal: {visible(r.final_text)}", language=None)
+
+
+def blocked_words(shown: list[int], elsewhere: int) -> str:
+    """'; blocked positions: 3, 5 (and 2 more counted in the other model's tokens, past the end of these)'."""
+    if not shown and not elsewhere:
+        return ""
+    words = f"; blocked positions: {', '.join(map(str, shown))}" if shown else "; blocked positions"
+    if elsewhere:
+        more = f"{'and ' if shown else ''}{elsewhere} {'more ' if shown else ''}counted in the other model's tokens, past the end of these"
+        words += f" ({more})" if shown else f": {more}"
+    return words
 
 
 def run_view(r: RunResult, key: str, *, battle: bool = False) -> None:
@@ -121,7 +169,9 @@ def run_view(r: RunResult, key: str, *, battle: bool = False) -> None:
             st.info("No token was changed: the start already agreed with the model everywhere.")
         else:
             longest = max(len(e.tokens) for e in r.iterations_log)
-            chart_block(charts.flip_heatmap(steps, positions=longest, iterations=len(r.iterations_log)), steps, "flips", f"{key}_heat")
+            heat = charts.flip_heatmap(steps, positions=longest, iterations=len(r.iterations_log), by_model=battle)
+            chart_block(heat, steps, "flips", f"{key}_heat")
+            st.caption(ENTROPY_NOTE + " Hover over a cell to see the entropy and what was replaced.")
             if battle:
                 st.caption("Positions are token indices in the acting model's own tokenization; two models with different tokenizers split the same text differently, so their positions line up only roughly.")
             chart_block(charts.flip_counts_chart(flips), flips, "flips_per_position", f"{key}_flips")
@@ -131,6 +181,8 @@ def run_view(r: RunResult, key: str, *, battle: bool = False) -> None:
         chart_block(charts.changes_chart(its), its, "iterations", f"{key}_its")
     with tabs[3]:
         st.dataframe(steps.drop(columns=["old_text", "new_text"]), hide_index=True, width="stretch")
+        st.caption("The entropy column is in nats. " + ENTROPY_NOTE + " prob is the probability of the inserted token.")
+        st.caption(MARKS_NOTE)
         download_csv(steps, "steps", f"{key}_steps_csv")
     st.download_button(
         "Download the whole run (JSON)", r.to_json(indent=1).encode(), "tokconv-run.json", "application/json",
@@ -140,12 +192,13 @@ def run_view(r: RunResult, key: str, *, battle: bool = False) -> None:
 
 def battle_metrics(r: RunResult) -> None:
     """A battle's headline numbers: turns, oscillation period, and how many tokens each model changed."""
-    by = {m: sum(1 for x in r.steps if x.model == m) for m in r.models}
+    names = r.models if len(set(r.models)) == len(r.models) else [f"{m} ({side})" for m, side in zip(r.models, "AB")]
+    by = {m: sum(1 for x in r.steps if x.model_index == i) for i, m in enumerate(names)}
     cols = st.columns(4)
     cols[0].metric("Iterations", r.iterations, help="Turns taken; the models alternate, A first.")
     cols[1].metric("Oscillation period", r.period or "none", help="How many iterations until the same state (and the same player to move) comes back; 'none' when no cycle was found.")
     for col, (m, n) in zip(cols[2:], by.items()):
-        col.metric(f"Changes by {m}", n, help="Tokens this model replaced over the whole battle.")
+        col.metric(f"Changes by {markdown_escape(m)}", n, help="Tokens this model replaced over the whole battle.")
 
 
 def fingerprint_comparison(p: dict[str, int], q: dict[str, int], left: str, right: str, key: str) -> None:
@@ -158,13 +211,15 @@ def fingerprint_comparison(p: dict[str, int], q: dict[str, int], left: str, righ
     m3.metric("Tokens both inserted", len(shared), help="How many distinct tokens appear in both fingerprints.")
     st.markdown(compare.describe(js, common))
     if shared:
-        st.caption("Shared: " + ", ".join(token_repr(t) for t in shared[:12]))
-    table = compare.compare_frame(p, q, ("left", "right"), top=20)
+        st.text("Shared: " + ", ".join(token_repr(t) for t in shared[:12]))
+    names = (left, right) if left != right else (f"{left} (left)", f"{right} (right)")  # the legend needs two names
+    table = compare.compare_frame(p, q, names, top=20)
     chart_block(charts.compare_chart(table), table, "fingerprint_comparison", key)
+    st.caption(MARKS_NOTE)
     cols = st.columns(2)
     for col, name, counts in ((cols[0], left, p), (cols[1], right, q)):
         with col:
-            st.caption(name)
+            st.caption(markdown_escape(name))
             total = sum(counts.values()) or 1
             st.dataframe(
                 [{"token": token_repr(t), "times": n, "share": f"{100 * n / total:.0f}%"} for t, n in counts.items()],
@@ -179,16 +234,17 @@ def fingerprint_view(r: RunResult, ins: pd.DataFrame, key: str, *, battle: bool)
         return
     if not battle:
         chart_block(charts.insertions_chart(ins), ins, "insertions", f"{key}_ins")
+        st.caption(MARKS_NOTE)
         return
-    st.caption("A fingerprint is what each model keeps inserting while the other contests it.")
+    st.caption("A fingerprint is what each model keeps inserting while the other contests it. " + MARKS_NOTE)
     cols = st.columns(2)
-    for col, model in zip(cols, r.models):
+    for col, side, model in zip(cols, "AB", r.models):
         with col:
-            mine = ins[ins["model"] == model]
+            mine = ins[ins["side"] == side]  # by side, not name: a model may battle itself
             if mine.empty:
-                st.info(f"{model} inserted nothing.")
+                st.text(f"{model} inserted nothing.")
                 continue
-            chart_block(charts.insertions_chart(mine, title=model), mine, f"fingerprint_{model}", f"{key}_fp_{model}")
+            chart_block(charts.insertions_chart(mine, title=model), mine, f"fingerprint_{model}", f"{key}_fp_{side}")
 
 
 def page_intro(title: str, text: str) -> None:

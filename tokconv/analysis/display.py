@@ -1,6 +1,9 @@
-"""Text for people: whitespace made visible, fingerprints formatted like the original."""
+"""Text for people: whitespace made visible, fingerprints formatted like the original, and the sentences that
+explain the marks and units the dashboard shows (kept here once, reused by every page)."""
 
 from __future__ import annotations
+
+import re
 
 STATUS_WORDS = {
     "converged": "converged",
@@ -11,6 +14,24 @@ STATUS_WORDS = {
 }
 
 _VISIBLE = {"\n": "↵", "\t": "⇥", "\r": "␍"}
+
+MARKS_NOTE = (
+    "In tokens, · is a space, ↵ a new line (\\n in quotes), ⇥ a tab (\\t), ∅ an empty token, and � a piece of "
+    "a character that is not complete on its own (one character split over several tokens)."
+)
+ENTROPY_NOTE = (
+    "Entropy measures how unsure the model is: 0 means certain; 1 bit = two equally likely choices; "
+    "nats use the natural log, 1 nat ≈ 1.44 bits."
+)
+
+# Characters that start Markdown (or Streamlit's :color[...] / :icon: / $math$) formatting.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+|!~$:&])")
+
+
+def markdown_escape(text: str) -> str:
+    """``text`` made literal where Streamlit reads Markdown (headings, metric labels): every character that
+    could format, link or embed an image is backslash-escaped, and line breaks become spaces."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).splitlines()))
 
 
 def visible(text: str, *, spaces: bool = False) -> str:

@@ -18,6 +18,7 @@ from ..experiments import RunResult
 
 __all__ = [
     "as_result",
+    "blocked_positions",
     "chip_label",
     "flips_frame",
     "insertions_frame",
@@ -119,8 +120,23 @@ def start_pieces(run: RunResult | dict[str, Any]) -> list[str]:
     return pieces
 
 
+def blocked_positions(run: RunResult | dict[str, Any], iteration: int) -> tuple[list[int], int]:
+    """The blocked positions after ``iteration`` that exist in its sequence, and how many more were left out.
+
+    Two models with different tokenizers share one set of blocked positions, each counted in the tokenization
+    of the model that blocked it; positions past the end of the sequence shown cannot be pointed at in it.
+    """
+    r = as_result(run)
+    if iteration <= 0 or not r.iterations_log:
+        return [], 0
+    entry = r.iterations_log[min(iteration, len(r.iterations_log)) - 1]
+    shown = sorted(p for p in entry.blocked if 0 <= p < len(entry.pieces))
+    return shown, len(entry.blocked) - len(shown)
+
+
 def sequence_frame(run: RunResult | dict[str, Any], iteration: int) -> pd.DataFrame:
-    """The sequence after ``iteration`` (0: the start), one row per token, marking what that iteration changed."""
+    """The sequence after ``iteration`` (0: the start), one row per token, marking what that iteration changed
+    and which positions are blocked."""
     r = as_result(run)
     if iteration <= 0 or not r.iterations_log:
         pieces, changed = start_pieces(r), {}
@@ -128,6 +144,7 @@ def sequence_frame(run: RunResult | dict[str, Any], iteration: int) -> pd.DataFr
         entry = r.iterations_log[min(iteration, len(r.iterations_log)) - 1]
         pieces = list(entry.pieces)
         changed = {s.position: s for s in r.steps if s.iteration == entry.iteration}
+    blocked = set(blocked_positions(r, iteration)[0])
     rows = []
     for i, text in enumerate(pieces):
         s = changed.get(i)
@@ -140,9 +157,10 @@ def sequence_frame(run: RunResult | dict[str, Any], iteration: int) -> pd.DataFr
                 "model": s.model if s else "",
                 "side": SIDES[s.model_index] if s else "",
                 "old_text": s.old_text if s else "",
+                "blocked": i in blocked,
             }
         )
-    return pd.DataFrame(rows, columns=["position", "text", "label", "changed", "model", "side", "old_text"])
+    return pd.DataFrame(rows, columns=["position", "text", "label", "changed", "model", "side", "old_text", "blocked"])
 
 
 def sweep_frame(runs: Iterable[RunResult | dict[str, Any]]) -> pd.DataFrame:
