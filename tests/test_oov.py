@@ -58,6 +58,21 @@ def test_oov_policies_need_shared_ids():
     import json
 
     plain = RunConfig(mode="adversarial-single", model_a="a", model_b="b", length=8)
-    before = {k: v for k, v in dataclasses.asdict(plain).items() if k not in ("share", "oov")}
+    before = {k: v for k, v in dataclasses.asdict(plain).items() if k not in ("share", "oov", "dtype")}
     assert plain.key() == hashlib.sha1(json.dumps(before, sort_keys=True).encode()).hexdigest()
     assert dataclasses.replace(plain, share="ids").key() != plain.key()
+
+
+def test_flagged_insertions_are_marked_in_the_fingerprint_table_and_exports():
+    from tokconv.analysis import frames
+    from tokconv.store import steps_table
+
+    big = constant_lm(9, vocab=12, name="big")
+    small = dataclasses.replace(make_tiny_lm(vocab_size=6), name="small", spec="small", tokenizer=CharTokenizer(6))
+    r = _run([big, small], [0, 9, 9, 9, 9], "nan", iterations=20)
+    ins = frames.insertions_frame(r)
+    assert ins[ins["model"] == "small"]["flagged"].sum() == sum(1 for s in r.steps if s.model == "small")
+    assert ins[ins["model"] == "big"]["flagged"].sum() == 0
+    assert frames.steps_frame(r)["flagged"].sum() == sum(not s.finite for s in r.steps) > 0
+    exported = steps_table({1: r})
+    assert (~exported["finite"]).sum() > 0 and set(exported["oov"]) == {"nan"}

@@ -113,3 +113,20 @@ def test_a_byte_piece_never_leaves_a_character_incomplete():
     assert "\ufffd" not in "".join(r.fingerprints["bytes"])
     mine = [s for s in r.steps if s.model == "bytes"]
     assert mine and all(s.inserted == "b" for s in mine)
+
+
+def test_charts_of_a_cross_tokenizer_run_use_the_character_axis():
+    from tokconv.analysis import charts, frames
+    from tokconv.store import steps_table
+
+    a = constant_lm(0, name="A")
+    table = np.zeros((128, 128))
+    table[:, 98] = 5.0
+    r = _run("adversarial-single", [a, table_lm(table, "B", UnicodeTokenizer(128))], [2, 2, 2, 2], block_after=3)
+    steps, flips = frames.steps_frame(r), frames.flips_frame(r)
+    assert frames.on_characters(r) and steps.attrs["axis"] == flips.attrs["axis"] == "character"
+    assert sorted(flips.groupby("position")["flips"].sum().to_dict().items()) == [(1, 3), (2, 3), (3, 3)]
+    heat = charts.flip_heatmap(steps, positions=frames.places(r)).to_dict()
+    assert heat["encoding"]["y"]["title"] == "character of the shared text"
+    table_rows = steps_table({1: r})
+    assert table_rows["span_start"].notna().all() and set(table_rows["inserted"]) == {"a", "b"}

@@ -118,6 +118,12 @@ def summary(r: RunResult) -> None:
     c = r.cost
     cost = f" · {c.forward_passes} forward passes, {c.wall_seconds:.1f} s" if c.forward_passes else ""
     st.text(f"{r.config.mode} · {' vs '.join(r.models)} · {len(r.start_tokens)} start tokens · seed {r.config.seed}{cost}")
+    if c.nonfinite_rows:
+        st.warning(f"Numerics check: {c.nonfinite_rows} prediction(s) in this run came from broken numbers (NaN or "
+                   "infinity in the model's scores); the moves made from them are flagged in the All steps tab.")
+    if r.config.oov == "nan":
+        st.caption("This run fed a NaN embedding wherever a model got a token id beyond its vocabulary: an emulation "
+                   "of what an unchecked script can do, not normal behaviour.")
 
 
 def sequence_scrubber(r: RunResult, key: str) -> None:
@@ -168,12 +174,12 @@ def run_view(r: RunResult, key: str, *, battle: bool = False) -> None:
         if steps.empty:
             st.info("No token was changed: the start already agreed with the model everywhere.")
         else:
-            longest = max(len(e.tokens) for e in r.iterations_log)
-            heat = charts.flip_heatmap(steps, positions=longest, iterations=len(r.iterations_log), by_model=battle)
+            heat = charts.flip_heatmap(steps, positions=frames.places(r), iterations=len(r.iterations_log), by_model=battle)
             chart_block(heat, steps, "flips", f"{key}_heat")
             st.caption(ENTROPY_NOTE + " Hover over a cell to see the entropy and what was replaced.")
-            if battle:
-                st.caption("Positions are token indices in the acting model's own tokenization; two models with different tokenizers split the same text differently, so their positions line up only roughly.")
+            if frames.on_characters(r):
+                st.caption("These two models split text into different tokens, so they share the text itself: a row is one "
+                           "character of it, the same place for both models. A change covers the characters of the token it replaced.")
             chart_block(charts.flip_counts_chart(flips), flips, "flips_per_position", f"{key}_flips")
     with tabs[1]:
         fingerprint_view(r, ins, key, battle=battle)
@@ -232,6 +238,11 @@ def fingerprint_view(r: RunResult, ins: pd.DataFrame, key: str, *, battle: bool)
     if ins.empty:
         st.info("No token was inserted in this run.")
         return
+    flagged = int(ins["flagged"].sum())
+    if flagged:
+        st.warning(f"{flagged} of these insertions came from predictions the model made from broken numbers "
+                   "(its scores held NaN or infinity). A model with broken numbers picks token 0 every time, so "
+                   "these are an artifact of the computation, not the model's preference: see the All steps tab.")
     if not battle:
         chart_block(charts.insertions_chart(ins), ins, "insertions", f"{key}_ins")
         st.caption(MARKS_NOTE)

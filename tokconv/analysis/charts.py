@@ -60,6 +60,11 @@ def _model_color(df: pd.DataFrame, field: str = "model", title: str = "model") -
     return alt.Color(f"{field}:N", title=title, scale=alt.Scale(domain=domain, range=colors), legend=alt.Legend(labelLimit=280))
 
 
+def _place_title(df: pd.DataFrame) -> str:
+    """The axis title of a frame's places: characters of the shared text, or token positions."""
+    return "character of the shared text" if df.attrs.get("axis") == "character" else "position"
+
+
 def flip_heatmap(
     steps: pd.DataFrame,
     *,
@@ -75,6 +80,7 @@ def flip_heatmap(
     one model of a battle changed anything.
     """
     two = (steps["side"].nunique() > 1 or steps["model"].nunique() > 1) if by_model is None else by_model
+    where = _place_title(steps)
     color = _model_color(steps) if two else alt.Color("entropy:Q", title="entropy (nats)", scale=alt.Scale(scheme="viridis"))
     y_scale = alt.Scale(domain=list(range(positions))) if positions else alt.Undefined
     x_scale = alt.Scale(domain=list(range(1, iterations + 1))) if iterations else alt.Undefined
@@ -83,11 +89,11 @@ def flip_heatmap(
         .mark_rect()
         .encode(
             x=alt.X("iteration:O", title="iteration", scale=x_scale, axis=FLAT_LABELS),
-            y=alt.Y("position:O", title="position", sort="ascending", scale=y_scale),
+            y=alt.Y("position:O", title=where, sort="ascending", scale=y_scale),
             color=color,
             tooltip=[
                 alt.Tooltip("iteration:O"),
-                alt.Tooltip("position:O"),
+                alt.Tooltip("position:O", title=where),
                 alt.Tooltip("model:N"),
                 alt.Tooltip("old:N", title="replaced"),
                 alt.Tooltip("new:N", title="inserted"),
@@ -104,10 +110,11 @@ def flip_counts_chart(flips: pd.DataFrame, *, title: str = "How often each posit
         alt.Chart(flips, title=title)
         .mark_bar()
         .encode(
-            x=alt.X("position:O", title="position", axis=FLAT_LABELS),
+            x=alt.X("position:O", title=_place_title(flips), axis=FLAT_LABELS),
             y=alt.Y("sum(flips):Q", title="changes", axis=count_axis(flips.groupby("position")["flips"].sum().max())),
             color=_model_color(flips),
-            tooltip=[alt.Tooltip("position:O"), alt.Tooltip("model:N"), alt.Tooltip("flips:Q", title="changes")],
+            tooltip=[alt.Tooltip("position:O", title=_place_title(flips)), alt.Tooltip("model:N"),
+                     alt.Tooltip("flips:Q", title="changes")],
         )
     )
 

@@ -21,6 +21,9 @@ __all__ = [
     "blocked_positions",
     "chip_label",
     "flips_frame",
+    "on_characters",
+    "place",
+    "places",
     "insertions_frame",
     "iterations_frame",
     "reference_frame",
@@ -32,7 +35,7 @@ __all__ = [
 ]
 
 SIDES = "AB"
-STEP_COLUMNS = ["iteration", "model", "side", "position", "old", "new", "old_text", "new_text", "entropy", "prob"]
+STEP_COLUMNS = ["iteration", "model", "side", "position", "old", "new", "old_text", "new_text", "entropy", "prob", "flagged"]
 
 
 def as_result(run: RunResult | dict[str, Any]) -> RunResult:
@@ -45,48 +48,77 @@ def chip_label(text: str) -> str:
     return visible(text, spaces=True) if text else "∅"
 
 
+def on_characters(run: RunResult | dict[str, Any]) -> bool:
+    """Whether the run's places are characters of a shared text (models with different tokenizers)
+    rather than token positions."""
+    return any(s.span_start is not None for s in as_result(run).steps)
+
+
+def place(step) -> int:
+    """Where a step acted on the axis both models share: its first character across tokenizers,
+    else its token position."""
+    return step.position if step.span_start is None else step.span_start
+
+
+def places(run: RunResult | dict[str, Any]) -> int:
+    """How many places the run's axis has: the longest text in characters, or the most tokens."""
+    r = as_result(run)
+    if on_characters(r):
+        return max([len(r.start_text), *(len(e.text) for e in r.iterations_log)])
+    return max([len(r.start_tokens), *(len(e.tokens) for e in r.iterations_log)])
+
+
+def _axis(df: pd.DataFrame, run: RunResult) -> pd.DataFrame:
+    df.attrs["axis"] = "character" if on_characters(run) else "position"
+    return df
+
+
 def steps_frame(run: RunResult | dict[str, Any]) -> pd.DataFrame:
-    """One row per replacement: when, who, where, what was replaced by what, and how sure the model was."""
+    """One row per replacement: when, who, where, what was replaced by what, and how sure the model was.
+
+    ``position`` is the place on the shared axis (see :func:`place`); ``attrs["axis"]`` names it."""
     r = as_result(run)
     rows = [
         {
             "iteration": s.iteration,
             "model": s.model,
             "side": SIDES[s.model_index],
-            "position": s.position,
+            "position": place(s),
             "old": token_repr(s.old_text),
             "new": token_repr(s.new_text),
             "old_text": s.old_text,
             "new_text": s.new_text,
             "entropy": round(s.entropy, 4),
             "prob": round(s.prob, 4),
+            "flagged": not s.finite,  # the numerics audit: predicted from logits holding NaN or inf
         }
         for s in r.steps
     ]
-    return pd.DataFrame(rows, columns=STEP_COLUMNS)
+    return _axis(pd.DataFrame(rows, columns=STEP_COLUMNS), r)
 
 
 def flips_frame(run: RunResult | dict[str, Any]) -> pd.DataFrame:
-    """How often each model changed each position: columns position, model, side, flips."""
+    """How often each model changed each place: columns position, model, side, flips (see :func:`place`)."""
     r = as_result(run)
-    counts = Counter((s.position, s.model, SIDES[s.model_index]) for s in r.steps)
+    counts = Counter((place(s), s.model, SIDES[s.model_index]) for s in r.steps)
     rows = [{"position": p, "model": m, "side": side, "flips": n} for (p, m, side), n in sorted(counts.items())]
-    return pd.DataFrame(rows, columns=["position", "model", "side", "flips"])
+    return _axis(pd.DataFrame(rows, columns=["position", "model", "side", "flips"]), r)
 
 
 def insertions_frame(run: RunResult | dict[str, Any], *, top: int | None = None) -> pd.DataFrame:
-    """Each model's fingerprint: the tokens it inserted, how often, and their share of its insertions."""
+    """Each model's fingerprint: the tokens it inserted, how often, their share of its insertions, and
+    how many of them the numerics audit flagged (predicted from logits holding NaN or inf)."""
     r = as_result(run)
+    flagged = Counter((s.model, s.new_text if s.inserted is None else s.inserted) for s in r.steps if not s.finite)
     rows = []
     for side, model in zip(SIDES, r.models):
         counts = r.fingerprints.get(model, {})
         total = sum(counts.values())
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
         for rank, (text, n) in enumerate(ranked, 1):
-            rows.append(
-                {"model": model, "side": side, "rank": rank, "token": token_repr(text), "text": text, "count": n, "share": n / total}
-            )
-    return pd.DataFrame(rows, columns=["model", "side", "rank", "token", "text", "count", "share"])
+            rows.append({"model": model, "side": side, "rank": rank, "token": token_repr(text), "text": text, "count": n,
+                         "share": n / total, "flagged": flagged.get((model, text), 0)})
+    return pd.DataFrame(rows, columns=["model", "side", "rank", "token", "text", "count", "share", "flagged"])
 
 
 def iterations_frame(run: RunResult | dict[str, Any]) -> pd.DataFrame:

@@ -18,13 +18,16 @@ def steps_table(runs: dict[int, RunResult]):
     for rid, r in runs.items():
         c = r.config
         base = {"run_id": rid, "mode": c.mode, "model_a": c.model_a, "model_b": c.model_b, "length": c.length,
-                "seed": c.seed, "status": r.status, "run_iterations": r.iterations}
+                "seed": c.seed, "share": c.share, "oov": c.oov, "dtype": c.dtype, "status": r.status,
+                "run_iterations": r.iterations}
         for s in r.steps:
             rows.append({**base, "iteration": s.iteration, "model": s.model, "position": s.position,
                          "old_token": s.old_token, "new_token": s.new_token, "old_text": s.old_text,
-                         "new_text": s.new_text, "entropy": s.entropy, "prob": s.prob})
-    cols = ["run_id", "mode", "model_a", "model_b", "length", "seed", "status", "run_iterations", "iteration",
-            "model", "position", "old_token", "new_token", "old_text", "new_text", "entropy", "prob"]
+                         "new_text": s.new_text, "entropy": s.entropy, "prob": s.prob, "finite": s.finite,
+                         "span_start": s.span_start, "span_end": s.span_end, "inserted": s.inserted})
+    cols = ["run_id", "mode", "model_a", "model_b", "length", "seed", "share", "oov", "dtype", "status", "run_iterations",
+            "iteration", "model", "position", "old_token", "new_token", "old_text", "new_text", "entropy", "prob",
+            "finite", "span_start", "span_end", "inserted"]
     return pd.DataFrame(rows, columns=cols)
 
 
