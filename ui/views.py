@@ -261,3 +261,37 @@ def fingerprint_view(r: RunResult, ins: pd.DataFrame, key: str, *, battle: bool)
 def page_intro(title: str, text: str) -> None:
     st.title(title)
     st.markdown(text)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _vocab_comparison(spec_a: str, spec_b: str) -> dict:
+    """The two vocabularies compared (tokenizers only, no weights), cached per pair of specs."""
+    from dataclasses import asdict
+
+    from tokconv.models import load_vocabulary
+    from tokconv.models.vocab import compare_vocabularies
+
+    return asdict(compare_vocabularies(load_vocabulary(spec_a), load_vocabulary(spec_b)))
+
+
+def vocab_panel(spec_a: str, spec_b: str) -> None:
+    """How the two models' vocabularies relate: what passing token ids straight across would mean."""
+    with st.expander("How these two vocabularies relate"):
+        if st.button("Compare the vocabularies", key=f"vocab_{spec_a}_{spec_b}",
+                     help="Reads both tokenizers (no model weights; a few seconds) and compares them id by id."):
+            try:
+                c = _vocab_comparison(spec_a, spec_b)
+            except Exception as exc:  # a model that cannot be found or read: said in plain words
+                from .running import show_error  # here: running imports this module
+
+                show_error(exc)
+                return
+            st.text(f"{c['name_a']}: {c['size_a']:,} token ids. {c['name_b']}: {c['size_b']:,} token ids.")
+            st.text(f"Token id 0 is {token_repr(c['id0_a'])} in {c['name_a']} and {token_repr(c['id0_b'])} in {c['name_b']}.")
+            st.text(f"{c['same_text']:,} of the first {min(c['size_a'], c['size_b']):,} ids stand for the same text in both; "
+                    + ("none differ." if c["first_divergent"] is None else f"the first that differs is id {c['first_divergent']:,}."))
+            st.text(f"{100 * c['beyond_b']:.1f}% of {c['name_a']}'s ordinary vocabulary is past the end of {c['name_b']}'s, "
+                    f"and {100 * c['beyond_a']:.1f}% of {c['name_b']}'s is past the end of {c['name_a']}'s.")
+        st.caption("Two models with different vocabularies give the same number different meanings. tokconv shares the "
+                   "text between them (each reads it with its own tokenizer). A script that passed the numbers straight "
+                   "across would hand one model ids it has never seen: see 'Share' under More settings.")
