@@ -14,7 +14,7 @@ from tiny import constant_lm, run_tiny, successor_lm
 from tokconv.errors import TokconvError
 from tokconv.experiments import RunResult
 from tokconv.store import RunStore, resolve_db_path
-from tokconv.store.database import _create_v1
+from tokconv.store.database import SCHEMA_VERSION, _create_v1, _v1_to_v2
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_a_first_schema_database_is_migrated_and_backfilled(tmp_path, result):
     assert row.status == "oscillating" and row.model_b == "B"
     assert result.config.key() in store.done_keys()
     version = sqlite3.connect(path).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-    assert version == "2"
+    assert version == str(SCHEMA_VERSION)  # migrated through every step to the current schema
 
 
 def test_a_corrupt_file_is_refused_and_left_untouched(tmp_path):
@@ -89,15 +89,16 @@ def test_two_writer_processes_lose_norun_tiny(tmp_path, result):
     template.write_text(result.to_json())
     RunStore(db)
     code = textwrap.dedent(f"""
-        import sys
+        import json, sys
         from tokconv.experiments import RunResult
         from tokconv.store import RunStore
-        r = RunResult.from_json(open({str(template)!r}).read())
+        d = json.load(open({str(template)!r}))
         s = RunStore({str(db)!r})
-        for _ in range(60):
-            s.save(r)
+        for i in range(60):  # 60 different runs each (a finished run is stored once per settings key)
+            d["config"]["seed"] = int(sys.argv[1]) * 1000 + i
+            s.save(RunResult.from_dict(d))
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(n)]) for n in range(2)]
     reader = RunStore(db)
     seen = [len(reader.list()) for _ in range(5)]  # a reader alongside the writers
     assert all(p.wait(timeout=120) == 0 for p in procs)
