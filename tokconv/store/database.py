@@ -97,6 +97,13 @@ class ImportReport:
         return text
 
 
+def _rollback(con: sqlite3.Connection) -> None:
+    # SQLite has already rolled back after some errors (a full disk, I/O errors): a second
+    # ROLLBACK would fail and hide the error that matters.
+    if con.in_transaction:
+        con.execute("ROLLBACK")
+
+
 @dataclass(frozen=True)
 class RunRow:
     """One saved run's summary (the full result is loaded on demand)."""
@@ -233,7 +240,7 @@ class RunStore:
                 con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                _rollback(con)
                 raise
         finally:
             con.close()
@@ -272,7 +279,7 @@ class RunStore:
                     yield con
                     con.execute("COMMIT")
                 except BaseException:
-                    con.execute("ROLLBACK")
+                    _rollback(con)
                     raise
             finally:
                 con.close()

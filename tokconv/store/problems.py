@@ -46,7 +46,7 @@ def read_only(path: Path, action: str = "save runs to") -> TokconvError:
 def disk_full(path: Path, action: str) -> TokconvError:
     return TokconvError(
         f"cannot {action} {path}: the disk is full (nothing was half-written)",
-        f"free some disk space and try again, or {OTHER_DB} on another disk",
+        "free some disk space and try again, or use a database on another disk (--db PATH or the TOKCONV_DB variable)",
     )
 
 
