@@ -249,6 +249,8 @@ def _check(v: Any, spec: _Spec, where: str) -> None:
             elif not name.startswith("?"):
                 raise TokconvError(f"field '{where}.{key}' is missing" if where else f"field '{key}' is missing", RUN_FILE_FIX)
     elif spec[0] == "opt":
+        if v is not None and isinstance(spec[1], str) and not _fits(v, spec[1]):
+            raise bad(_describe(spec))  # '... a string or null'
         if v is not None:
             _check(v, spec[1], where)
     elif spec[0] == "list":
