@@ -166,9 +166,11 @@ class RunStore:
         try:
             con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
             return con
-        except sqlite3.OperationalError:
-            # A WAL database on read-only media whose -shm file cannot be made: read it as immutable.
+        except sqlite3.OperationalError as exc:
             con.close()
+            if problems.kind(exc) != "cannot-open":
+                raise
+            # A WAL database on read-only media whose -shm file cannot be made: read it as immutable.
             return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=30.0, isolation_level=None)
 
     def _writable(self) -> bool:

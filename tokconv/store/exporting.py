@@ -56,6 +56,8 @@ def read_runs_json(path: Path) -> list[RunResult]:
         text = Path(path).read_bytes()
     except FileNotFoundError:
         raise TokconvError(f"{path} does not exist", "check the path of the exported JSON file") from None
+    except OSError as exc:  # a folder, no permission, an unreadable disk
+        raise TokconvError(f"{path} cannot be read ({exc.strerror or exc})", "check the path of the exported JSON file") from exc
     return runs_from_json(text, str(path))
 
 
