@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -176,6 +177,34 @@ def test_two_processes_saving_overlapping_runs_store_each_once(tmp_path, result)
     assert len(rows) == 30 and sorted(r.seed for r in rows) == list(range(30))
     assert up == down  # both processes were given the id of the one stored copy
     assert sorted(up.values()) == sorted(r.id for r in rows)
+
+
+def test_two_overlapping_sweeps_in_two_processes_store_each_run_once(tmp_path):
+    db = tmp_path / "runs.sqlite"
+    RunStore(db)
+    tests = str(Path(__file__).parent)
+    # Seeds 0-5 and 3-8: both processes read the store's finished keys before either saves
+    # (they wait for each other first), so both run seeds 3-5 and both try to save them.
+    code = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        sys.path.insert(0, {tests!r})
+        import numpy as np
+        from tiny import table_lm
+        from tokconv import models
+        from tokconv.experiments.sweep import SweepSpec, run_sweep
+        from tokconv.store import RunStore
+        models.register(table_lm(np.random.default_rng(0).normal(size=(12, 12)) * 2.0, name="noisy"))
+        first = int(sys.argv[1])
+        Path({str(tmp_path)!r}, f"ready-{{first}}").touch()
+        while len(list(Path({str(tmp_path)!r}).glob("ready-*"))) < 2:
+            time.sleep(0.01)
+        spec = SweepSpec(model="noisy", mode="sequential", lengths=(6,), seeds=tuple(range(first, first + 6)))
+        assert len(run_sweep(spec, RunStore({str(db)!r}))) == 6
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(first)]) for first in (0, 3)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    assert sorted(r.seed for r in RunStore(db).list()) == list(range(9))
 
 
 def _v2_database(path, runs: list[tuple[str, RunResult]]) -> None:
