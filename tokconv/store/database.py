@@ -135,9 +135,9 @@ class RunStore:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise problems.from_os(self.path, "create the run database", exc) from exc
-            self._check_file()
             if not self.read_only and not self._writable():
                 self.read_only = True
+            self._check_file()
             if self.read_only and not (self.path.exists() and self.path.stat().st_size):
                 raise problems.read_only(self.path, "create the run database")
             if not self.read_only:
@@ -185,7 +185,9 @@ class RunStore:
         with open(self.path, "rb") as f:
             if f.read(16) != SQLITE_MAGIC:
                 raise problems.foreign(self.path, "it is not an SQLite file, or it is corrupt")
-        con = self._connect_ro()
+        # A read-write connection when we may write: read-only ones cannot recover a WAL file that
+        # another process is checkpointing. Nothing here writes either way.
+        con = self._connect()
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             app = con.execute("SELECT value FROM meta WHERE key = 'app'").fetchone() if "meta" in tables else None
@@ -198,7 +200,9 @@ class RunStore:
         except sqlite3.DatabaseError as exc:
             if "file is not a database" in str(exc):
                 raise problems.foreign(self.path, f"SQLite says: {exc}") from exc
-            raise problems.damaged(self.path, str(exc)) from exc
+            if problems.kind(exc) == "damaged":
+                raise problems.damaged(self.path, str(exc)) from exc
+            raise  # busy, cannot open, ...: said as such by the guard
         finally:
             con.close()
 
