@@ -322,7 +322,7 @@ def _filled(path, result, n: int = 40) -> RunStore:
     return store
 
 
-def test_a_damaged_tokconv_database_is_refused_at_open_and_left_untouched(tmp_path, result):
+def test_a_damaged_tokconv_database_is_refused_at_open_and_left_untouched(tmp_path, result, capsys):
     path = tmp_path / "runs.sqlite"
     _filled(path, result)
     page = sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0]
@@ -337,6 +337,10 @@ def test_a_damaged_tokconv_database_is_refused_at_open_and_left_untouched(tmp_pa
     assert f"the run database {path} is damaged" in info.value.problem
     assert "not a tokconv run database" not in info.value.problem  # not mistaken for a foreign file
     assert ".recover" in info.value.fix and "--db" in info.value.fix
+    from tokconv.cli import main
+
+    assert main(["runs", "--db", str(path), "list"]) == 2
+    assert "is damaged" in capsys.readouterr().err
     assert path.read_bytes() == bytes(raw)
 
 
@@ -384,12 +388,21 @@ def _check_read_only(store: RunStore, result: RunResult, n: int) -> None:
         assert "--db" in info.value.fix
 
 
-def test_a_read_only_file_and_folder_can_be_read_but_not_saved_to(tmp_path, result, frozen):
+def test_a_read_only_file_and_folder_can_be_read_but_not_saved_to(tmp_path, result, frozen, capsys):
     path = tmp_path / "db" / "runs.sqlite"
     path.parent.mkdir()
     _filled(path, result, n=5)
     frozen(path, path.parent)  # read-only media: neither the file nor its -wal/-shm can be written
     _check_read_only(RunStore(path), result, 5)
+    from tokconv.cli import main
+
+    assert main(["runs", "--db", str(path), "list"]) == 0
+    assert main(["runs", "--db", str(path), "show", "1"]) == 0
+    capsys.readouterr()
+    (tmp_path / "x.json").write_text(_with_seed(result, 555).to_json())
+    assert main(["runs", "--db", str(path), "import", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "the database is read-only" in err and "not a tokconv run database" not in err
 
 
 def test_a_read_only_file_os_access_misses_is_found_by_sqlite(tmp_path, result, frozen, monkeypatch):
