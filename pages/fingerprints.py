@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from tokconv.experiments import RunResult
+from tokconv.store import runs_from_json
 from ui import frame, running, views
 
 frame.inside_frame()
@@ -17,7 +17,8 @@ views.page_intro(
 
 uploads = st.file_uploader(
     "Add saved runs (JSON)", type="json", accept_multiple_files=True, key="fp_upload",
-    help="Run files downloaded from the Solo or Battle page ('Download the whole run'), or written by `tokconv run --json`.",
+    help="Run files downloaded from the Solo or Battle page ('Download the whole run'), written by `tokconv run --json`, "
+         "or exported from History. A file that is not a valid run file is reported, naming the field at fault; the others are used.",
 )
 sources: dict[str, dict[str, int]] = {}  # "model in run" -> token -> insertions
 of_run: dict[str, str] = {}  # "model in run" -> run key
@@ -28,15 +29,17 @@ for entry in running.session_runs():
     for model, counts in entry["result"].fingerprints.items():
         name = f"{model} in {entry['label']}{cut}"
         sources[name], of_run[name] = counts, entry["key"]
-for f in uploads or []:
+for f in uploads or []:  # a bad file is reported (naming the field at fault) and skipped; the others are used
     try:
-        r = RunResult.from_json(f.getvalue().decode("utf-8", errors="replace"))
+        runs = runs_from_json(f.getvalue(), f.name)
     except Exception as exc:
         st.caption(f"{f.name} could not be read:")
         running.show_error(exc)
         continue
-    for model, counts in r.fingerprints.items():
-        sources[f"{model} in {f.name}"] = counts
+    for i, r in enumerate(runs, 1):
+        where = f.name if len(runs) == 1 else f"{f.name} (run {i})"  # an export holds several runs
+        for model, counts in r.fingerprints.items():
+            sources[f"{model} in {where}"] = counts
 
 if len(sources) < 2:
     st.info("Run something first: a battle gives two fingerprints at once, and a solo run of the same model gives a third to compare with.")

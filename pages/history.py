@@ -29,7 +29,8 @@ with st.expander("Import runs from a JSON file", expanded=not everything):
         "Run files (JSON)", type="json", accept_multiple_files=True, key="hist_import",
         on_change=history.import_uploads, args=(store, "hist_import"),
         help="Files from 'Export' here, `tokconv runs export --format json`, `tokconv run --json`, or a Solo/Battle page's "
-             "'Download the whole run'. Each file is imported once, as new runs; a file that is not a tokconv run file is refused with the reason.",
+             "'Download the whole run'. Each file is imported once, whole or not at all; runs already saved are skipped, "
+             "and a file with a bad run is refused with the field at fault (the other files are still imported).",
     )
 if not everything:
     st.info("No saved runs yet. Runs you make on the other pages, and with `tokconv run` or `tokconv sweep`, appear here.")

@@ -96,13 +96,16 @@ def show_flash() -> None:
 
 
 def import_uploads(store: RunStore, key: str) -> None:
-    """Callback of the import uploader: save the runs of each newly uploaded JSON file."""
+    """Callback of the import uploader: save the runs of each newly uploaded JSON file.
+
+    Each file is all or nothing (a bad run refuses its whole file, naming the field); the other
+    files are still imported, and runs already saved are skipped and counted."""
     done: set[str] = st.session_state.setdefault(IMPORTED, set())
     for f in st.session_state.get(key) or []:
         if f.file_id in done:
             continue
         try:
-            ids = store.import_runs(runs_from_json(f.getvalue(), f.name))
+            report = store.import_runs(runs_from_json(f.getvalue(), f.name))
         except TokconvError as exc:
             say("error", f"Not imported: {exc.problem}" if f.name in exc.problem else f"{f.name} was not imported: {exc.problem}")
             if exc.fix:
@@ -113,8 +116,11 @@ def import_uploads(store: RunStore, key: str) -> None:
             say("error", f"{f.name} was not imported ({type(exc).__name__}: {exc}).")
             continue
         done.add(f.file_id)
-        shown = ", ".join(f"#{i}" for i in ids)
-        say("success", f"Imported {len(ids)} run(s) from {f.name}" + (f" as {shown}." if ids else "."))
+        shown = ", ".join(f"#{i}" for i in report.added)
+        skipped = f", skipped {len(report.duplicates)} already saved" if report.duplicates else ""
+        say("success", f"Imported {len(report.added)} run(s) from {f.name}" + (f" as {shown}" if shown else "") + skipped + ".")
+        if report.conflicts:
+            say("info", f"{f.name}: {report.summary()}.")
 
 
 def delete_runs(store: RunStore, ids: list[int]) -> None:

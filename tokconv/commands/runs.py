@@ -56,7 +56,6 @@ def main(args: argparse.Namespace) -> int:
         export_runs({i: store.get(i) for i in ids}, args.format, args.output)
         print(f"exported {len(ids)} run(s) to {args.output}")
     elif args.action == "import":
-        results = read_runs_json(args.path)
-        ids = store.import_runs(results)
-        print(f"imported {len(ids)} run(s) as id(s) {', '.join(map(str, ids))}")
+        report = store.import_runs(read_runs_json(args.path))  # every run checked first; one transaction
+        print(report.summary() + (f"; new id(s): {', '.join(map(str, report.added))}" if report.added else ""))
     return 0

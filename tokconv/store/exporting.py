@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import TokconvError
 from ..experiments import RunResult
+from ..experiments.records import RUN_FILE_FIX, json_kind
 
 
 def steps_table(runs: dict[int, RunResult]):
@@ -58,19 +59,35 @@ def read_runs_json(path: Path) -> list[RunResult]:
         text = Path(path).read_bytes()
     except FileNotFoundError:
         raise TokconvError(f"{path} does not exist", "check the path of the exported JSON file") from None
+    except OSError as exc:  # a folder, no permission, an unreadable disk
+        raise TokconvError(f"{path} cannot be read ({exc.strerror or exc})", "check the path of the exported JSON file") from exc
     return runs_from_json(text, str(path))
 
 
 def runs_from_json(data: str | bytes, source: str) -> list[RunResult]:
-    """Runs from the text of a JSON run file (``source`` names it in error messages), as :func:`read_runs_json`."""
+    """Runs from the text of a JSON run file (``source`` names it in error messages), as :func:`read_runs_json`.
+
+    Every run is checked before any is returned, so a caller that saves them saves all or none;
+    an error names the file, the run (when there are several) and the bad field."""
     try:
         if isinstance(data, bytes):
             data = data.decode("utf-8")
         parsed = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TokconvError(f"{source} is not a JSON file: {exc}", "pick a file written by `tokconv runs export` or --json") from exc
-    items = parsed.get("runs", parsed) if isinstance(parsed, dict) else parsed
-    items = [items] if isinstance(items, dict) else items
-    if not isinstance(items, list):
-        raise TokconvError(f"{source} holds no runs", "pick a file written by `tokconv runs export` or --json")
-    return [RunResult.from_dict(d) for d in items]
+        raise TokconvError(f"{source}: this is not a JSON run file ({exc})", RUN_FILE_FIX) from exc
+    if isinstance(parsed, dict) and "runs" in parsed and "schema_version" not in parsed:
+        items = parsed["runs"]
+        if not isinstance(items, list):
+            raise TokconvError(f"{source}: field 'runs' must be a list of runs, got {json_kind(items)}", RUN_FILE_FIX)
+    elif isinstance(parsed, (dict, list)):
+        items = [parsed] if isinstance(parsed, dict) else parsed
+    else:
+        raise TokconvError(f"{source} is not a tokconv run file: expected a run or {{\"runs\": [...]}}, got {json_kind(parsed)}", RUN_FILE_FIX)
+    results = []
+    for i, item in enumerate(items, 1):
+        try:
+            results.append(RunResult.from_dict(item))
+        except TokconvError as exc:
+            where = f"run {i} in {source}" if len(items) > 1 else source
+            raise TokconvError(f"{where}: {exc.problem}", exc.fix) from exc
+    return results
