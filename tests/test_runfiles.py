@@ -66,10 +66,13 @@ def test_json_that_is_not_a_run_file_says_what_was_expected(run):
     assert _problem([1, 2]) == "this is not a tokconv run: expected a JSON object with a run's fields, got a list"
     no_version = {k: v for k, v in run.items() if k != "schema_version"}
     assert "no 'schema_version' field" in _problem(no_version)
-    newer = {**run, "schema_version": 2}
+    from tokconv.experiments.records import SCHEMA_VERSION
+
+    newer = {**run, "schema_version": SCHEMA_VERSION + 1}
     with pytest.raises(TokconvError) as info:
         RunResult.from_dict(newer)
-    assert "schema version 2; this tokconv reads version 1" in info.value.problem and "upgrade tokconv" in info.value.fix
+    assert (f"schema version {SCHEMA_VERSION + 1}; this tokconv reads version {SCHEMA_VERSION}" in info.value.problem
+            and "upgrade tokconv" in info.value.fix)
 
 
 def test_file_errors_name_the_file_and_the_run(tmp_path, run):

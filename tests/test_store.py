@@ -235,7 +235,7 @@ def test_migration_to_schema_3_keeps_the_oldest_copy_of_each_finished_run(tmp_pa
                     4: ("2026-01-04", 0, "interrupted"), 6: ("2026-01-06", 0, "interrupted")}
     assert store.save(result) == 1 and store.save(other) == 3  # the rule now holds for new saves
     version = sqlite3.connect(path).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-    assert version == "3"
+    assert version == str(SCHEMA_VERSION)
     with pytest.raises(sqlite3.IntegrityError):  # enforced by the database itself, not only by save()
         con = sqlite3.connect(path)
         con.execute("INSERT INTO runs (created_at, result_json, config_key, status) VALUES ('x', '{}', ?, 'converged')",
@@ -449,3 +449,26 @@ def test_a_full_disk_is_said_as_such(tmp_path, result):
         store.save(big)
     assert "disk is full" in info.value.problem and "free some disk space" in info.value.fix
     assert RunStore(tmp_path / "runs.sqlite").list() == []  # nothing half-saved
+
+
+def test_stored_runs_of_the_first_run_file_schema_are_rewritten_in_the_current_one(tmp_path, result):
+    """A store written before steps carried `finite` and spans: its runs read, and are stored as schema 2."""
+    from tokconv.experiments.records import SCHEMA_VERSION as RUN_SCHEMA
+
+    path = tmp_path / "old.sqlite"
+    _v2_database(path, [("2026-01-01", result)])
+    old = result.to_dict()
+    old["schema_version"] = 1
+    for s in old["steps"]:
+        for k in ("finite", "span_start", "span_end", "inserted"):
+            s.pop(k)
+    old["cost"].pop("nonfinite_rows")
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("UPDATE runs SET result_json = ?", (json.dumps(old),))
+    con.close()
+    store = RunStore(path)
+    stored = json.loads(sqlite3.connect(path).execute("SELECT result_json FROM runs").fetchone()[0])
+    assert stored["schema_version"] == RUN_SCHEMA == 2
+    assert all(s["finite"] is True and s["span_start"] is None for s in stored["steps"])
+    again = store.get(store.list()[0].id)
+    assert [(s.position, s.new_token) for s in again.steps] == [(s.position, s.new_token) for s in result.steps]
