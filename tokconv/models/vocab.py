@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,8 +11,9 @@ import numpy as np
 from .loading import LoadedModel
 
 
-_ORDINARY: dict[str, np.ndarray] = {}  # per model spec; computing it decodes the whole vocabulary once
-_KEYS: dict[str, str] = {}
+# Per loaded model (not per spec: two models may carry one name); computing them reads the whole vocabulary.
+_ORDINARY: "weakref.WeakKeyDictionary[LoadedModel, np.ndarray]" = weakref.WeakKeyDictionary()
+_KEYS: "weakref.WeakKeyDictionary[LoadedModel, str]" = weakref.WeakKeyDictionary()
 
 
 def _ordinary_ids(lm: LoadedModel) -> np.ndarray:
@@ -37,9 +39,9 @@ def _ordinary_ids(lm: LoadedModel) -> np.ndarray:
 
 def ordinary_token_ids(lm: LoadedModel) -> np.ndarray:
     """Sorted ids of the model's ordinary vocabulary: no special, control, unused, reserved or byte pieces."""
-    if lm.spec not in _ORDINARY:
-        _ORDINARY[lm.spec] = _ordinary_ids(lm)
-    return _ORDINARY[lm.spec]
+    if lm not in _ORDINARY:
+        _ORDINARY[lm] = _ordinary_ids(lm)
+    return _ORDINARY[lm]
 
 
 def random_tokens(lm: LoadedModel, length: int, seed: int) -> list[int]:
@@ -51,11 +53,11 @@ def random_tokens(lm: LoadedModel, length: int, seed: int) -> list[int]:
 
 def tokenizer_key(lm: LoadedModel) -> str:
     """A hash of the vocabulary: two models with the same key share token positions directly."""
-    if lm.spec not in _KEYS:
+    if lm not in _KEYS:
         hf = getattr(lm.tokenizer, "_tokenizer", lm.tokenizer)
         vocab = sorted(hf.get_vocab().items(), key=lambda kv: kv[1])
-        _KEYS[lm.spec] = hashlib.sha1(repr(vocab).encode()).hexdigest()[:16]
-    return _KEYS[lm.spec]
+        _KEYS[lm] = hashlib.sha1(repr(vocab).encode()).hexdigest()[:16]
+    return _KEYS[lm]
 
 
 @dataclass(frozen=True)
