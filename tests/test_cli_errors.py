@@ -242,6 +242,22 @@ def test_model_b_is_ignored_for_solo_modes_with_a_note(monkeypatch, capsys, tmp_
     assert "--model-b gemma3-270m is ignored: mode 'sequential' runs one model" in capsys.readouterr().err
 
 
+def test_sweep_says_model_b_is_ignored_for_solo_modes(noisy, db, capsys):
+    assert main(["sweep", "--model", "noisy", "--model-b", "gemma3-270m", "--lengths", "5", "--seeds", "0", "--db", str(db)]) == 0
+    err = capsys.readouterr().err
+    assert "--model-b gemma3-270m is ignored: mode 'single' runs one model" in err and "vs gemma3-270m" not in err
+
+
+def test_text_that_is_not_utf8_in_argv_is_refused_without_a_traceback():
+    # argv bytes that are not UTF-8 reach Python as surrogate escapes
+    for argv in ([b"run", b"--start-text", b"caf\xe9 au lait"], [b"complete", b"--prompt", b"\xff\xfe"]):
+        proc = subprocess.run([PY.encode(), b"-m", b"tokconv", *argv], capture_output=True, timeout=120)
+        err = proc.stderr.decode("utf-8", "replace")
+        assert proc.returncode == 2, err
+        assert "is not valid UTF-8 text" in err and "Traceback" not in err
+        assert proc.stdout == b""
+
+
 # --- runs: options where users type them, aligned columns --------------------------------------------
 
 def test_runs_accepts_db_after_the_action_and_aligns_the_header(db, capsys):

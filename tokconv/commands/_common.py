@@ -15,12 +15,16 @@ import sys
 import tempfile
 from itertools import chain
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..errors import TokconvError
 from ..experiments.config import MAX_SEED, MAX_SWEEP_RUNS
 from ..paths import cache_dir
 from ..store import resolve_db_path
+
+if TYPE_CHECKING:
+    from ..experiments import RunResult
+    from ..store import RunStore
 
 DB_HELP = "run database (default: $TOKCONV_DB, else ~/.local/share/tokconv/runs.sqlite)"
 
@@ -150,7 +154,7 @@ def runtime_notice(quiet: bool) -> None:
     print(tokconv.RUNTIME.notice(), file=sys.stderr, flush=True)
 
 
-def rescue(results: list, label: str = "run") -> Path:
+def rescue(results: list[RunResult], label: str = "run") -> Path:
     """Write runs that could not be saved to a JSON file ``tokconv runs import`` reads; returns its path."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     text = json.dumps({"runs": [r.to_dict() for r in results]}, ensure_ascii=False, indent=1)
@@ -166,7 +170,7 @@ def rescue(results: list, label: str = "run") -> Path:
     raise TokconvError(f"the run could not be saved nor written anywhere ({last})", "free some disk space and run it again")
 
 
-def save_or_rescue(store, result) -> int:
+def save_or_rescue(store: RunStore, result: RunResult) -> int:
     """Save ``result`` in ``store``; if the store fails, keep the run in a rescue file and say where."""
     import sqlite3
 

@@ -38,8 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class SavingRunner:
     """Runs one config for the report: reuses a run saved with the same settings, else runs and saves it."""
 
-    def __init__(self, store: RunStore | None, say) -> None:
-        self.store, self.say = store, say
+    def __init__(self, store: RunStore | None) -> None:
+        self.store = store
         self.saved = self.reused = 0
 
     def __call__(self, config: RunConfig) -> RunResult:
@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
     store = None if args.no_save else RunStore(args.db)
     runtime_notice(args.quiet)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    runner = SavingRunner(store, say)
+    runner = SavingRunner(store)
     spec = ReportSpec(args.model_a, args.model_b, args.length, list(seeds), args.iterations)
     try:
         text, _ = report(spec, progress=say, runner=runner)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..analysis.display import STATUS_WORDS, fingerprint_block, token_repr, visible
-from ..experiments import ADVERSARIAL_MODES, IterationEnd, RunConfig, RunEnd, Step, collect, prepare
+from ..experiments import ADVERSARIAL_MODES, IterationEnd, RunConfig, RunEnd, RunResult, Step, collect, prepare
 from ..experiments.config import MAX_ITERATIONS, MAX_LENGTH, MIN_LENGTH, MODE_HELP
 from ..models import DEFAULT_MODEL_A, DEFAULT_MODEL_B
 from ..errors import TokconvError
@@ -61,7 +61,7 @@ def check_args(args: argparse.Namespace) -> RunConfig:
     return config
 
 
-def save_first(result, store: RunStore | None, json_path: Path | None) -> int | None:
+def save_first(result: RunResult, store: RunStore | None, json_path: Path | None) -> int | None:
     """Save the run before anything is printed: a finished run is never lost to a failed output step.
 
     If the store fails the run is kept in a rescue file (and in --json if asked) and the error is raised.
@@ -76,7 +76,7 @@ def save_first(result, store: RunStore | None, json_path: Path | None) -> int | 
         raise
 
 
-def write_json(result, json_path: Path, rid: int | None, store: RunStore | None) -> None:
+def write_json(result: RunResult, json_path: Path, rid: int | None, store: RunStore | None) -> None:
     """Write --json after saving; a failure says where the run is kept."""
     try:
         json_path.write_text(result.to_json(indent=1), encoding="utf-8")

@@ -11,7 +11,7 @@ from typing import Iterable
 
 from ..errors import TokconvError
 from ..experiments import RunResult, SweepSpec
-from ..experiments.config import MAX_SWEEP_RUNS
+from ..experiments.config import ADVERSARIAL_MODES, MAX_SWEEP_RUNS
 from ..experiments.sweep import SweepProgress, iter_sweep
 from ..models import DEFAULT_MODEL_A
 from ..store import RunStore
@@ -31,7 +31,7 @@ def parse_ints(text: str, what: str) -> tuple[int, ...]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL_A, help=f"model (default {DEFAULT_MODEL_A})")
-    p.add_argument("--model-b", default=None, help="second model, for adversarial modes")
+    p.add_argument("--model-b", default=None, help="second model, for adversarial modes (solo modes ignore it, with a note)")
     p.add_argument("-m", "--mode", default="single", help="convergence mode (default single)")
     p.add_argument("--lengths", default="8,16", help="start lengths, comma-separated (default 8,16)")
     p.add_argument("--seeds", default="0-7", help="seeds, a range 0-63 or a list 1,2,5 (default 0-7); "
@@ -107,7 +107,10 @@ def main(args: argparse.Namespace) -> int:
     check_cache()
     store = RunStore(args.db)
     err = sys.stderr
-    print(f"sweep: {args.mode} on {args.model}{' vs ' + args.model_b if args.model_b else ''}, "
+    two = args.mode in ADVERSARIAL_MODES
+    if args.model_b and not two:
+        print(f"tokconv: note: --model-b {args.model_b} is ignored: mode '{args.mode}' runs one model", file=err)
+    print(f"sweep: {args.mode} on {args.model}{' vs ' + args.model_b if two else ''}, "
           f"lengths {list(spec.lengths)}, {len(spec.seeds)} seeds, {spec.size} runs -> {store.path}", file=err, flush=True)
     runtime_notice(args.quiet)
     skipped = 0
