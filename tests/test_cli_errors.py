@@ -307,6 +307,26 @@ def test_a_run_the_store_cannot_save_is_kept_in_a_rescue_file(noisy, db, capsys,
     assert r.config.seed == 4 and r.config.model_a == "noisy" and r.status != "interrupted"
 
 
+def test_ctrl_c_in_a_run_saves_the_partial_run_and_exits_130(noisy, db, capsys, monkeypatch):
+    import tokconv.commands.run as run_cmd
+
+    shown = {"n": 0}
+    real_visible = run_cmd.visible
+
+    def ctrl_c_at_the_second_iteration(text):
+        shown["n"] += 1
+        if shown["n"] == 3:  # 1: the start, 2: iteration 1, 3: iteration 2
+            raise KeyboardInterrupt
+        return real_visible(text)
+
+    monkeypatch.setattr(run_cmd, "visible", ctrl_c_at_the_second_iteration)
+    assert main(["run", "--model", "noisy", "-m", "single", "-l", "8", "-n", "50", "--db", str(db)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted after 1 iteration(s); the partial run was saved as run 1" in err and "Traceback" not in err
+    [row] = RunStore(db).list()
+    assert row.status == "interrupted" and row.iterations == 1
+
+
 # --- sweeps: bounded, whole-grid summaries, Ctrl-C -----------------------------------------------------
 
 HUGE_SWEEP = """

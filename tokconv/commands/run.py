@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         write_json(result, args.json, rid, store)
     if result.status == "interrupted":
-        kept = "the partial run was saved" if store is not None else "nothing was saved (--no-save)"
+        kept = f"the partial run was saved as run {rid}" if rid is not None else "nothing was saved (--no-save)"
         print(f"tokconv: interrupted after {result.iterations} iteration(s); {kept}", file=err)
         print("  resume: run the same command again to start the run over", file=err)
         return 130
