@@ -202,13 +202,17 @@ def test_output_paths_are_checked_before_the_run(tmp_path, capsys, no_model_work
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
-def test_an_unwritable_json_path_is_refused_before_the_run(tmp_path, capsys, no_model_work):
+def test_unwritable_json_db_and_output_paths_are_refused_before_the_run(tmp_path, capsys, no_model_work):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
     try:
         assert main(["run", "--json", str(ro / "run.json")]) == 2
         assert "cannot write --json" in capsys.readouterr().err
+        assert main(["run", "--db", str(ro / "runs.sqlite")]) == 2
+        assert "cannot be written" in capsys.readouterr().err
+        assert main(["report", "--output", str(ro / "r.md")]) == 2
+        assert "cannot write --output" in capsys.readouterr().err
     finally:
         ro.chmod(0o700)
 

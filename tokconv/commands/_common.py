@@ -110,17 +110,22 @@ def check_output_file(path: Path | None, what: str) -> None:
         raise TokconvError(f"cannot write {what} {path}: {_why(exc)}", "choose a path you can write to") from None
 
 
-def check_db(db: str | None) -> Path:
-    """The run database's path, checked: not a folder, and its folder can hold it."""
+def check_db(db: str | None, *, writing: bool = False) -> Path:
+    """The run database's path, checked: not a folder, and its folder can hold it.
+
+    ``writing``: the command will save runs, so the file (or, for a new one, the folder that will
+    hold it) must be writable.
+    """
     path = resolve_db_path(db)
     source = "--db" if db else ("TOKCONV_DB" if os.environ.get("TOKCONV_DB") else "the run database")
     if path.is_dir():
         raise TokconvError(f"{source} {path} is a folder, not a database file", f"give a file path, e.g. --db {path / 'runs.sqlite'}")
-    for folder in (path.parent, *path.parent.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise TokconvError(f"{source} {path}: {folder} is a file, not a folder", "choose another database with --db PATH")
-            break
+    existing = next(f for f in (path, *path.parents) if f.exists())  # the root always exists
+    if existing != path and not existing.is_dir():
+        raise TokconvError(f"{source} {path}: {existing} is a file, not a folder", "choose another database with --db PATH")
+    if writing and not os.access(existing, os.W_OK):
+        raise TokconvError(f"{source} {path} cannot be written ({existing} is read-only)",
+                           "choose a database you can write to with --db PATH, or run with --no-save --json PATH")
     return path
 
 

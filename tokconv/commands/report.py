@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
         RunConfig(mode=mode, model_a=args.model_a, model_b=b, length=args.length, iterations=args.iterations, seed=seeds[-1])
     check_output_file(args.output, "--output")
     if not args.no_save:
-        check_db(args.db)
+        check_db(args.db, writing=True)
     check_cache()
     store = None if args.no_save else RunStore(args.db)
     runtime_notice(args.quiet)

@@ -56,7 +56,7 @@ def check_args(args: argparse.Namespace) -> RunConfig:
     config = config_from_args(args)
     check_output_file(args.json, "--json")
     if not args.no_save:
-        check_db(args.db)
+        check_db(args.db, writing=True)
     check_cache()
     return config
 

@@ -103,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
         seeds=parse_seeds(args.seeds), iterations=args.iterations, block_after=args.block_after,
     )
     spec.validate()  # the whole grid, in time and memory independent of its size, before any model loads
-    check_db(args.db)
+    check_db(args.db, writing=True)
     check_cache()
     store = RunStore(args.db)
     err = sys.stderr
