@@ -49,6 +49,10 @@ EPILOG = """examples:
   tokconv runs export --format csv --output runs.csv
   tokconv models
   tokconv complete --model smollm2-135m --prompt "The capital of France is" --max-tokens 8
+
+exit codes: 0 done; 2 a problem you can fix (the message says how); 1 a bug (a log file
+holds the traceback); 130 interrupted (what was saved is kept: rerun the same command);
+141 the output pipe was closed (e.g. tokconv runs list | head -1).
 """
 
 
