@@ -295,6 +295,16 @@ def test_a_finished_run_is_saved_before_json_and_a_failed_json_says_so(noisy, db
     assert row.length == 5 and row.model_a == "noisy"
 
 
+def test_a_run_without_the_store_whose_json_fails_is_kept_in_a_rescue_file(noisy, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("TOKCONV_CACHE", str(tmp_path / "cache"))
+    assert main(["run", "--model", "noisy", "-m", "single", "-l", "5", "--no-save", "--json", "/dev/full"]) == 2
+    err = capsys.readouterr().err
+    _two_lines(err)
+    [rescued] = (tmp_path / "cache" / "rescued").glob("*.json")
+    assert "No space left on device" in err and str(rescued) in err
+    assert read_runs_json(rescued)[0].config.length == 5
+
+
 def test_a_run_the_store_cannot_save_is_kept_in_a_rescue_file(noisy, db, capsys, monkeypatch, tmp_path):
     def broken(self, result):
         raise sqlite3.OperationalError("disk I/O error")

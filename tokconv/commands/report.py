@@ -79,11 +79,11 @@ def main(args: argparse.Namespace) -> int:
         return 130
     if store is not None:
         say(f"{runner.saved} new run(s) saved to {store.path}, {runner.reused} reused from earlier")
+    print(text)  # stdout first: if the file cannot be written, the report is still there
     try:
         args.output.write_text(text, encoding="utf-8")
     except OSError as exc:
         where = "the runs are saved: rerun the same command to write the report without running them again" if store else "pick another --output"
         raise TokconvError(f"cannot write the report to {args.output}: {exc.strerror or exc}", where) from exc
-    print(text)
     say(f"wrote {args.output}")
     return 0

@@ -12,8 +12,8 @@ from ..experiments.config import MAX_ITERATIONS, MAX_LENGTH, MIN_LENGTH, MODE_HE
 from ..models import DEFAULT_MODEL_A, DEFAULT_MODEL_B
 from ..errors import TokconvError
 from ..store import RunStore
-from ._common import (DB_HELP, check_cache, check_db, check_output_file, check_seed, check_text, runtime_notice,
-                      save_or_rescue)
+from ._common import (DB_HELP, check_cache, check_db, check_output_file, check_seed, check_text, rescue,
+                      runtime_notice, save_or_rescue)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,8 +81,10 @@ def write_json(result: RunResult, json_path: Path, rid: int | None, store: RunSt
     try:
         json_path.write_text(result.to_json(indent=1), encoding="utf-8")
     except OSError as exc:
-        if rid is None:
-            raise
+        if rid is None:  # --no-save: this file was the only copy, so keep the run elsewhere
+            kept = rescue([result])
+            raise TokconvError(f"--json {json_path} could not be written: {exc.strerror or exc}; the run was kept in {kept}",
+                               "pick another --json path next time; the kept file works with `tokconv runs import`") from exc
         raise TokconvError(f"the run was saved as run {rid}, but --json {json_path} could not be written: {exc.strerror or exc}",
                            f"export it with `tokconv runs export {rid} --db {store.path} --output PATH`") from exc
     print(f"\nwrote {json_path}")
