@@ -45,8 +45,11 @@ class Cell:
         return statistics.mean(its), (statistics.pstdev(its) if len(its) > 1 else 0.0), min(its), max(its)
 
 
-def run_grid(spec: ReportSpec, progress: Callable[[str], None] | None = None) -> list[Cell]:
-    """Run every solo mode for both models and both adversarial modes, over all seeds."""
+def run_grid(spec: ReportSpec, progress: Callable[[str], None] | None = None, *,
+             runner: Callable[[RunConfig], RunResult] = run) -> list[Cell]:
+    """Run every solo mode for both models and both adversarial modes, over all seeds.
+
+    ``runner`` runs one config (the CLI's saves each run, and reuses runs saved with the same settings)."""
     plan: list[tuple[str, str, str | None]] = []
     for model in (spec.model_a, spec.model_b):
         for mode in ("sequential", "single", "batch"):
@@ -59,7 +62,7 @@ def run_grid(spec: ReportSpec, progress: Callable[[str], None] | None = None) ->
         for seed in spec.seeds:
             t0 = time.perf_counter()
             cfg = RunConfig(mode=mode, model_a=a, model_b=b, length=spec.length, seed=seed, iterations=spec.iterations)
-            cell.runs.append(run(cfg))
+            cell.runs.append(runner(cfg))
             if progress:
                 r = cell.runs[-1]
                 progress(f"{mode:18s} {cell.models:40s} seed {seed:3d}: {r.status} after {r.iterations} ({time.perf_counter() - t0:.1f} s)")
@@ -115,8 +118,9 @@ def render(spec: ReportSpec, cells: list[Cell], seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(spec: ReportSpec, progress: Callable[[str], None] | None = None) -> tuple[str, list[Cell]]:
+def report(spec: ReportSpec, progress: Callable[[str], None] | None = None, *,
+           runner: Callable[[RunConfig], RunResult] = run) -> tuple[str, list[Cell]]:
     """Run the grid and render it; returns the markdown and the raw cells."""
     t0 = time.perf_counter()
-    cells = run_grid(spec, progress)
+    cells = run_grid(spec, progress, runner=runner)
     return render(spec, cells, time.perf_counter() - t0), cells

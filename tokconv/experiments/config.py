@@ -9,12 +9,16 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from itertools import product
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from ..errors import TokconvError
 
 MIN_LENGTH, MAX_LENGTH = 2, 512
 MAX_ITERATIONS = 10_000
+MAX_SEED = 2**63 - 1  # the run store keeps seeds as signed 64-bit integers; numpy's default_rng takes any int >= 0
+# The most runs one sweep may hold: at about a second a run that is a day's work, and a bigger
+# grid is more likely a typo (--seeds 0-100000000) than a plan. Split bigger grids; each part resumes.
+MAX_SWEEP_RUNS = 100_000
 
 
 @dataclass(frozen=True)
@@ -120,25 +124,67 @@ def validate_config(c: RunConfig) -> None:
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """The grid to run: one mode and model (pair), every length x seed."""
+    """The grid to run: one mode and model (pair), every length x seed.
+
+    ``seeds`` may be a ``range``: a grid is streamed by :meth:`iter_configs`, never built whole,
+    and :meth:`validate` checks it in time independent of its size (at most ``MAX_SWEEP_RUNS`` runs).
+    """
 
     model: str
     mode: str
     lengths: tuple[int, ...]
-    seeds: tuple[int, ...]
+    seeds: Sequence[int]
     model_b: str | None = None
     iterations: int = 100
     block_after: int = 3
+
+    @property
+    def size(self) -> int:
+        """How many runs the grid holds."""
+        return len(self.lengths) * len(self.seeds)
+
+    def validate(self) -> None:
+        """Raise a TokconvError for a grid that cannot run: empty, too big, a bad seed or setting."""
+        if not self.lengths:
+            raise TokconvError("no lengths given", "give start lengths like 8,16,32")
+        if not len(self.seeds):
+            raise TokconvError("no seeds given", "give seeds as a range like 0-7 or a list like 1,2,5")
+        if self.size > MAX_SWEEP_RUNS:
+            raise TokconvError(
+                f"the sweep has {self.size:,} runs ({len(self.lengths)} length(s) x {len(self.seeds):,} seed(s)), "
+                f"more than the limit of {MAX_SWEEP_RUNS:,} runs in one sweep",
+                f"split it into sweeps of at most {MAX_SWEEP_RUNS:,} runs: {_split_hint(self)}; "
+                "each part resumes, skipping runs already saved",
+            )
+        ends = (self.seeds[0], self.seeds[-1]) if isinstance(self.seeds, range) else self.seeds  # O(1) for ranges
+        if min(ends) < 0 or max(ends) > MAX_SEED:
+            bad = min(ends) if min(ends) < 0 else max(ends)
+            raise TokconvError(f"seed {bad} is out of range", f"use seeds between 0 and {MAX_SEED} (2**63-1)")
+        for L in dict.fromkeys(self.lengths):  # one config per length checks every setting
+            next(self._configs((L,), self.seeds[:1]))
 
     def configs(self) -> list[RunConfig]:
         """Every run of the grid, validated."""
         return list(self.iter_configs())
 
     def iter_configs(self) -> Iterator[RunConfig]:
-        """Every run of the grid, validated, one at a time."""
+        """Every run of the grid, validated, one at a time (lengths outer, seeds inner)."""
+        self.validate()
+        return self._configs(self.lengths, self.seeds)
+
+    def _configs(self, lengths: Sequence[int], seeds: Sequence[int]) -> Iterator[RunConfig]:
         if self.mode in MODES and MODES[self.mode].adversarial and not self.model_b:
             raise TokconvError(f"mode '{self.mode}' needs two models", "give a second model with --model-b")
         b = self.model_b if self.mode in ADVERSARIAL_MODES else None
-        for L, s in product(self.lengths, self.seeds):
+        for L, s in product(lengths, seeds):
             yield RunConfig(mode=self.mode, model_a=self.model, model_b=b, length=L, seed=s,
                             iterations=self.iterations, block_after=self.block_after)
+
+
+def _split_hint(spec: SweepSpec) -> str:
+    """E.g. '--seeds 0-49999, then --seeds 50000-99999, and so on' for a seed range."""
+    per = max(1, MAX_SWEEP_RUNS // len(spec.lengths))
+    if isinstance(spec.seeds, range) and spec.seeds.step == 1 and len(spec.lengths) <= MAX_SWEEP_RUNS:
+        a = spec.seeds.start
+        return f"--seeds {a}-{a + per - 1}, then --seeds {a + per}-{a + 2 * per - 1}, and so on"
+    return f"at most {per:,} seeds per sweep with these {len(spec.lengths)} length(s)"

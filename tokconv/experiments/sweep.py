@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from .config import RunConfig, SweepSpec
 from .experiment import Experiment, collect, run
 from .records import Record, RunCost, RunEnd, RunResult
 
-__all__ = ["RunSink", "SweepProgress", "SweepSpec", "run_single_batch", "run_sweep"]
+__all__ = ["RunSink", "SweepProgress", "SweepSpec", "iter_sweep", "run_single_batch", "run_sweep"]
 
 
 class RunSink(Protocol):
@@ -97,19 +97,71 @@ def run_single_batch(lm: LoadedModel, configs: list[RunConfig], should_stop: Cal
                 yield result
 
 
-def _groups(configs: list[RunConfig], batch: bool, max_batch: int) -> Iterator[list[RunConfig]]:
+def _groups(configs: Iterable[RunConfig], batch: bool, max_batch: int) -> Iterator[list[RunConfig]]:
+    """Groups to run together, streamed: a grid's runs of one model and length come in a row."""
     if not batch:
         yield from ([c] for c in configs)
         return
-    solo_single: dict[tuple, list[RunConfig]] = {}
+    pending: list[RunConfig] = []
     for c in configs:
         if c.mode == "single" and c.start_text is None:
-            solo_single.setdefault((c.model_a, c.length), []).append(c)
+            if pending and ((c.model_a, c.length) != (pending[0].model_a, pending[0].length) or len(pending) >= max_batch):
+                yield pending
+                pending = []
+            pending.append(c)
         else:
             yield [c]
-    for group in solo_single.values():
-        for k in range(0, len(group), max_batch):
-            yield group[k : k + max_batch]
+    if pending:
+        yield pending
+
+
+def iter_sweep(
+    spec: SweepSpec,
+    store: RunSink | None = None,
+    *,
+    batch: bool = True,
+    max_batch: int = 64,
+    should_stop: Callable[[], bool] | None = None,
+    on_progress: Callable[[SweepProgress], None] | None = None,
+) -> Iterator[RunResult]:
+    """Run the grid lazily, yielding each run as it is saved to ``store``; runs already in the store are skipped.
+
+    Memory stays flat whatever the grid's size: configs are streamed, never listed. A Ctrl-C inside
+    a run raises KeyboardInterrupt here (the run is not saved; a resumed sweep runs it again);
+    ``should_stop`` ends the sweep quietly instead.
+    """
+    configs = spec.iter_configs()  # validates the grid first
+    total = spec.size
+    done_keys = store.done_keys() if store else set()
+    skipped = sum(1 for c in spec.iter_configs() if c.key() in done_keys) if done_keys else 0
+    todo = (c for c in configs if c.key() not in done_keys)
+    ran = 0
+    t0 = time.perf_counter()
+
+    def finished(r: RunResult) -> RunResult:
+        nonlocal ran
+        if store:
+            store.save(r)
+        ran += 1
+        if on_progress:
+            on_progress(SweepProgress(skipped + ran, total, skipped, time.perf_counter() - t0, r))
+        return r
+
+    if on_progress:
+        on_progress(SweepProgress(skipped, total, skipped, 0.0, None))
+    for group in _groups(todo, batch, max_batch):
+        if should_stop and should_stop():
+            return
+        if len(group) > 1:
+            for r in run_single_batch(load(group[0].model_a), group, should_stop):
+                yield finished(r)
+        else:
+            r = run(group[0], should_stop=should_stop)
+            if r.status == "interrupted":  # not saved: a resumed sweep runs it again
+                if should_stop and should_stop():
+                    return
+                raise KeyboardInterrupt  # collect() caught a Ctrl-C inside the run: pass it on
+            yield finished(r)
 
 
 def run_sweep(
@@ -121,32 +173,8 @@ def run_sweep(
     should_stop: Callable[[], bool] | None = None,
     on_progress: Callable[[SweepProgress], None] | None = None,
 ) -> list[RunResult]:
-    """Run the grid, saving each finished run to ``store``; runs already in the store are skipped."""
-    configs = spec.configs()
-    done_keys = store.done_keys() if store else set()
-    todo = [c for c in configs if c.key() not in done_keys]
-    skipped = len(configs) - len(todo)
-    results: list[RunResult] = []
-    t0 = time.perf_counter()
+    """Run the grid, saving each finished run to ``store``; runs already in the store are skipped.
 
-    def finished(r: RunResult) -> None:
-        results.append(r)
-        if store:
-            store.save(r)
-        if on_progress:
-            on_progress(SweepProgress(skipped + len(results), len(configs), skipped, time.perf_counter() - t0, r))
-
-    if on_progress:
-        on_progress(SweepProgress(skipped, len(configs), skipped, 0.0, None))
-    for group in _groups(todo, batch, max_batch):
-        if should_stop and should_stop():
-            break
-        if len(group) > 1:
-            for r in run_single_batch(load(group[0].model_a), group, should_stop):
-                finished(r)
-        else:
-            r = run(group[0], should_stop=should_stop)
-            if r.status == "interrupted":
-                break  # not saved: a resumed sweep runs it again
-            finished(r)
-    return results
+    Returns the new runs; :func:`iter_sweep` streams them instead.
+    """
+    return list(iter_sweep(spec, store, batch=batch, max_batch=max_batch, should_stop=should_stop, on_progress=on_progress))
