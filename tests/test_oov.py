@@ -76,3 +76,25 @@ def test_flagged_insertions_are_marked_in_the_fingerprint_table_and_exports():
     assert frames.steps_frame(r)["flagged"].sum() == sum(not s.finite for s in r.steps) > 0
     exported = steps_table({1: r})
     assert (~exported["finite"]).sum() > 0 and set(exported["oov"]) == {"nan"}
+
+
+def test_the_command_line_shares_ids_and_stops_with_both_sizes(tmp_path, capsys):
+    from tokconv import models
+    from tokconv.cli import main
+
+    big, small = constant_lm(9, vocab=12, name="cli-big"), constant_lm(2, vocab=6, name="cli-small")
+    for lm in (big, small):
+        models.register(lm)
+    try:
+        args = ["run", "-m", "adversarial-single", "--model-a", "cli-big", "--model-b", "cli-small", "-l", "4",
+                "--share", "ids", "--db", str(tmp_path / "runs.sqlite")]
+        assert main(args + ["--oov", "error"]) == 2
+        err = capsys.readouterr().err
+        assert "is outside cli-small's vocabulary of 6 ids" in err and "(from cli-big, 12 ids)" in err
+        assert "Traceback" not in err
+        assert main(args + ["--oov", "unk", "--quiet"]) == 0
+        assert main(["run", "-m", "single", "--oov", "nan", "--no-save"]) == 2  # needs --share ids
+        assert "--share ids" in capsys.readouterr().err
+    finally:
+        for lm in (big, small):
+            models.unregister(lm.spec)

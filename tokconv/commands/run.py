@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..analysis.display import STATUS_WORDS, fingerprint_block, token_repr, visible
 from ..experiments import ADVERSARIAL_MODES, IterationEnd, RunConfig, RunEnd, RunResult, Step, collect, prepare
-from ..experiments.config import MAX_ITERATIONS, MAX_LENGTH, MIN_LENGTH, MODE_HELP
+from ..experiments.config import DTYPES, MAX_ITERATIONS, MAX_LENGTH, MIN_LENGTH, MODE_HELP, OOV, SHARE
 from ..models import DEFAULT_MODEL_A, DEFAULT_MODEL_B
 from ..errors import TokconvError
 from ..store import RunStore
@@ -30,6 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="print only the outcome (and fingerprints); no fast-path notice")
     p.add_argument("--db", default=None, metavar="PATH", help=DB_HELP)
     p.add_argument("--no-save", action="store_true", help="do not save this run in the run database")
+    p.add_argument("--share", choices=list(SHARE), default="text",
+                   help="two models with different vocabularies share: " + "; ".join(f"{k}: {v}" for k, v in SHARE.items()))
+    p.add_argument("--oov", choices=list(OOV), default="error",
+                   help="with --share ids, an id beyond a model's vocabulary: " + "; ".join(f"{k}: {v}" for k, v in OOV.items()))
+    p.add_argument("--dtype", choices=list(DTYPES), default="auto",
+                   help="precision of weights and activations (default auto: float32 on a CPU, the model's own on a GPU); "
+                        "float16 and bfloat16 show what half precision does, and are several times slower on a CPU")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -46,6 +53,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         seed=args.seed,
         start_text=args.start_text,
         block_after=args.block_after,
+        share=args.share,
+        oov=args.oov,
+        dtype=args.dtype,
     )
 
 

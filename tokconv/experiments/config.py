@@ -98,6 +98,8 @@ def validate_config(c: RunConfig) -> None:
     """Raise a TokconvError for settings that cannot run."""
     if c.mode not in MODES:
         raise TokconvError(f"unknown mode '{c.mode}'", f"use one of: {', '.join(MODES)}")
+    if not 0 <= c.seed <= MAX_SEED:
+        raise TokconvError(f"seed {c.seed} is out of range", f"use a seed between 0 and {MAX_SEED} (2**63-1)")
     if c.start_text is None and not MIN_LENGTH <= c.length <= MAX_LENGTH:
         raise TokconvError(
             f"length {c.length} is out of range", f"use a length between {MIN_LENGTH} and {MAX_LENGTH} tokens"
