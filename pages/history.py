@@ -4,7 +4,7 @@ import datetime as dt
 
 import streamlit as st
 
-from ui import frame, history, running, runstore, views
+from ui import frame, history, plain, running, runstore, views
 
 frame.inside_frame()
 
@@ -78,8 +78,11 @@ c3.button("Clear", key="hist_none", on_click=lambda: st.session_state.update({hi
 
 tab_open, tab_compare, tab_export, tab_delete = st.tabs(["Open a run", "Compare fingerprints", "Export", "Delete"])
 with tab_open:
+    history.open_linked(by_id)  # ?run=ID: the link's run is the one opened
     rid = st.selectbox("Run", list(by_id), format_func=lambda i: history.label(by_id[i]), key="hist_open",
-                       help="The run to show: a solo run in the Solo view, a battle in the Battle view.")
+                       help="The run to show: a solo run in the Solo view, a battle in the Battle view. "
+                            "The page's address names it (?run=…), so a copied link opens this run.")
+    history.link_to(rid)
     try:
         result = store.get(rid)
     except Exception as exc:
@@ -108,7 +111,8 @@ with tab_compare:
         except Exception as exc:
             running.show_error(exc)
         else:
-            names = [options[g[0]] if len(g) == 1 else f"{len(g)} fingerprints added up" for g in (left, right)]
+            # the names go into captions (markdown): model names of imported runs are anybody's text
+            names = [plain.md(options[g[0]]) if len(g) == 1 else f"{len(g)} fingerprints added up" for g in (left, right)]
             views.fingerprint_comparison(p, q, *names, "hist_cmp")
 
 with tab_export:

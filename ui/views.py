@@ -13,6 +13,8 @@ from tokconv.analysis import charts, compare, frames
 from tokconv.analysis.display import STATUS_WORDS, token_repr, visible
 from tokconv.experiments import RunResult
 
+from .plain import md  # model names (typed paths, imported runs) in markdown elements
+
 # Semi-transparent fills and borders read well on both the light and the dark theme.
 _CHIP = "display:inline-block;margin:2px 1px;padding:0 4px;border-radius:4px;font-family:monospace;white-space:pre;"
 _PLAIN = "background:rgba(128,128,128,0.12);border:1px solid rgba(128,128,128,0.35);"
@@ -81,8 +83,8 @@ def summary(r: RunResult) -> None:
     """The status line and what ran."""
     st.subheader(status_sentence(r))
     c = r.cost
-    cost = f" · {c['forward_passes']} forward passes, {c['wall_seconds']:.1f} s" if "wall_seconds" in c else ""
-    st.caption(f"{r.config.mode} · {' vs '.join(r.models)} · {len(r.start_tokens)} start tokens · seed {r.config.seed}{cost}")
+    cost = f" · {c.forward_passes} forward passes, {c.wall_seconds:.1f} s" if c.forward_passes else ""
+    st.caption(f"{r.config.mode} · {md(' vs '.join(r.models))} · {len(r.start_tokens)} start tokens · seed {r.config.seed}{cost}")
 
 
 def sequence_scrubber(r: RunResult, key: str) -> None:
@@ -103,7 +105,7 @@ def sequence_scrubber(r: RunResult, key: str) -> None:
     else:
         e = r.iterations_log[k - 1]
         blocked = f"; blocked positions: {', '.join(map(str, e.blocked))}" if e.blocked else ""
-        st.caption(f"After iteration {k}: {e.model} changed {e.changes} token(s){blocked}.")
+        st.caption(f"After iteration {k}: {md(e.model)} changed {e.changes} token(s){blocked}.")
     st.markdown(chips_html(list(seq["text"]), changed, notes), unsafe_allow_html=True)
     st.markdown(legend_html(r.models), unsafe_allow_html=True)
     with st.expander("Start and final text"):
@@ -145,7 +147,7 @@ def battle_metrics(r: RunResult) -> None:
     cols[0].metric("Iterations", r.iterations, help="Turns taken; the models alternate, A first.")
     cols[1].metric("Oscillation period", r.period or "none", help="How many iterations until the same state (and the same player to move) comes back; 'none' when no cycle was found.")
     for col, (m, n) in zip(cols[2:], by.items()):
-        col.metric(f"Changes by {m}", n, help="Tokens this model replaced over the whole battle.")
+        col.metric(f"Changes by {md(m)}", n, help="Tokens this model replaced over the whole battle.")
 
 
 def fingerprint_comparison(p: dict[str, int], q: dict[str, int], left: str, right: str, key: str) -> None:
@@ -186,7 +188,7 @@ def fingerprint_view(r: RunResult, ins: pd.DataFrame, key: str, *, battle: bool)
         with col:
             mine = ins[ins["model"] == model]
             if mine.empty:
-                st.info(f"{model} inserted nothing.")
+                st.info(f"{md(model)} inserted nothing.")
                 continue
             chart_block(charts.insertions_chart(mine, title=model), mine, f"fingerprint_{model}", f"{key}_fp_{model}")
 
