@@ -16,7 +16,7 @@ import tokconv  # noqa: E402  (sets up the fast path before MLX is imported)
 from tokconv import models  # noqa: E402
 from ui import frame, plain, running, runstore  # noqa: E402
 
-st.set_page_config(page_title="tokconv", page_icon=":material/sync:", layout="wide")
+st.set_page_config(page_title="tokconv", page_icon=frame.icon(), layout="wide")  # served by this server: no request leaves it
 st.set_option("client.showErrorDetails", "none")  # also in .streamlit/config.toml, for runs from another folder
 
 page = st.navigation(frame.pages())

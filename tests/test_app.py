@@ -524,7 +524,12 @@ INJECTION = "![](//evil.example/x.png) <img src=//evil.example/y.png> :red[x]"
 
 
 def _live_markup(text: str) -> bool:
-    """Whether markdown text holds an image or an HTML tag that is not backslash-escaped."""
+    """Whether markdown text holds an image or an HTML tag that is not backslash-escaped.
+
+    Token chips and legends are one-line HTML blocks (markdown is not parsed inside them): there only
+    an unescaped tag would be live."""
+    if text.startswith("<div") and "\n\n" not in text:
+        return "<img" in text
     return bool(re.search(r"(?<!\\)!(?<!\\)\[|(?<!\\)<img", text))
 
 
