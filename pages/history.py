@@ -4,7 +4,7 @@ import datetime as dt
 
 import streamlit as st
 
-from ui import frame, history, plain, running, runstore, views
+from ui import frame, history, running, runstore, views
 
 frame.inside_frame()
 
@@ -111,8 +111,7 @@ with tab_compare:
         except Exception as exc:
             running.show_error(exc)
         else:
-            # the names go into captions (markdown): model names of imported runs are anybody's text
-            names = [plain.md(options[g[0]]) if len(g) == 1 else f"{len(g)} fingerprints added up" for g in (left, right)]
+            names = [options[g[0]] if len(g) == 1 else f"{len(g)} fingerprints added up" for g in (left, right)]
             views.fingerprint_comparison(p, q, *names, "hist_cmp")
 
 with tab_export:

@@ -256,9 +256,6 @@ def _requested(d) -> list[str]:
 
 
 def test_markdown_in_user_text_makes_no_request_leave_the_machine(browsers, tmp_path):
-    import sys as _sys
-
-    _sys.path.insert(0, str(ROOT / "tests"))
     from tiny import constant_lm, run_tiny
 
     from tokconv.store import RunStore

@@ -160,13 +160,13 @@ def fingerprint_comparison(p: dict[str, int], q: dict[str, int], left: str, righ
     m3.metric("Tokens both inserted", len(shared), help="How many distinct tokens appear in both fingerprints.")
     st.markdown(compare.describe(js, common))
     if shared:
-        st.caption("Shared: " + ", ".join(token_repr(t) for t in shared[:12]))
+        st.caption("Shared: " + md(", ".join(token_repr(t) for t in shared[:12])))
     table = compare.compare_frame(p, q, ("left", "right"), top=20)
     chart_block(charts.compare_chart(table), table, "fingerprint_comparison", key)
     cols = st.columns(2)
     for col, name, counts in ((cols[0], left, p), (cols[1], right, q)):
         with col:
-            st.caption(name)
+            st.caption(md(name))  # names carry model names and start texts
             total = sum(counts.values()) or 1
             st.dataframe(
                 [{"token": token_repr(t), "times": n, "share": f"{100 * n / total:.0f}%"} for t, n in counts.items()],
