@@ -453,6 +453,9 @@ def test_history_puts_the_opened_run_in_the_link_and_opens_a_linked_one(db):
     assert "Converged after 2 iterations." in _texts(at.subheader)
     at.selectbox(key="hist_open").set_value(battle).run()
     assert at.query_params["run"] == str(battle)
+    at = _app("pages/history.py", run="12345")
+    assert "The link's run=12345 is not among the saved runs listed here; showing the newest run instead." in _warnings(at)
+    assert at.selectbox(key="hist_open").value == battle and at.query_params["run"] == str(battle)
 
 
 def test_leaving_the_page_mid_run_is_said_before_and_after(db):
