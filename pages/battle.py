@@ -15,6 +15,7 @@ views.page_intro(
     "Every change below is colored by the model that made it: model A blue, model B orange.",
 )
 
+linked = running.linked_run(battle=True)  # ?run=ID: a saved battle (fills in the settings the link does not give)
 c1, c2, c3 = st.columns(3)
 with c1:
     model_a = controls.model_picker("Model A", "model_a", DEFAULT_MODEL_A)
@@ -32,14 +33,14 @@ def config() -> RunConfig:
     )
 
 
-if st.button("Run", type="primary", key="battle_run", help="Run the battle (identical settings reuse the earlier result)."):
-    result, current = running.safe_execute(config, "battle"), True
-else:
-    result, current = running.shown_run(config, "battle")
+clicked = st.button("Run", type="primary", key="battle_run", disabled=bool(s.problems),
+                    help=s.run_help or "Run the battle (identical settings open the saved run instead of running again).")
+if s.problems:
+    st.caption("Run is off until the settings marked in red are in range.")
+shown = running.run_or_show(config, "battle", clicked, linked)
 
-if result is not None:
+if shown is not None:
     st.divider()
-    if not current:
-        st.caption("This is your last battle; the settings above have changed since. Press Run to run them.")
-    views.battle_metrics(result)
-    views.run_view(result, f"battle_{result.config.key()}", battle=True)
+    running.show_header(shown, "battle")
+    views.battle_metrics(shown.result)
+    views.run_view(shown.result, f"battle_{shown.result.config.key()}", battle=True)

@@ -79,8 +79,11 @@ c3.button("Clear", key="hist_none", on_click=lambda: st.session_state.update({hi
 
 tab_open, tab_compare, tab_export, tab_delete = st.tabs(["Open a run", "Compare fingerprints", "Export", "Delete"])
 with tab_open:
+    history.open_linked(by_id)  # ?run=ID: the link's run is the one opened
     rid = st.selectbox("Run", list(by_id), format_func=lambda i: history.label(by_id[i]), key="hist_open",
-                       help="The run to show: a solo run in the Solo view, a battle in the Battle view.")
+                       help="The run to show: a solo run in the Solo view, a battle in the Battle view. "
+                            "The page's address names it (?run=…), so a copied link opens this run.")
+    history.link_to(rid)
     try:
         result = store.get(rid)
     except Exception as exc:

@@ -14,6 +14,7 @@ views.page_intro(
     "A single model usually settles quickly: the greedy left-to-right mode needs just **2 iterations**.",
 )
 
+linked = running.linked_run(battle=False)  # ?run=ID: a saved solo run (fills in the settings the link does not give)
 c1, c2 = st.columns(2)
 with c1:
     model = controls.model_picker("Model", "model", DEFAULT_MODEL_A)
@@ -29,13 +30,13 @@ def config() -> RunConfig:
     )
 
 
-if st.button("Run", type="primary", key="solo_run", help="Run with these settings (identical settings reuse the earlier result)."):
-    result, current = running.safe_execute(config, "solo"), True
-else:
-    result, current = running.shown_run(config, "solo")
+clicked = st.button("Run", type="primary", key="solo_run", disabled=bool(s.problems),
+                    help=s.run_help or "Run with these settings (identical settings open the saved run instead of running again).")
+if s.problems:
+    st.caption("Run is off until the settings marked in red are in range.")
+shown = running.run_or_show(config, "solo", clicked, linked)
 
-if result is not None:
+if shown is not None:
     st.divider()
-    if not current:
-        st.caption("This is your last solo run; the settings above have changed since. Press Run to run them.")
-    views.run_view(result, f"solo_{result.config.key()}")
+    running.show_header(shown, "solo run")
+    views.run_view(shown.result, f"solo_{shown.result.config.key()}")

@@ -6,8 +6,10 @@ the run store point TOKCONV_DB at a database of their own (the dashboard opens o
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -364,3 +366,252 @@ def test_sweep_saves_its_runs_and_a_second_identical_sweep_skips_them(db, tiny_m
     assert len(store.list()) == 4
     assert "4 run(s): single · tiny-noisy" in _texts(at.subheader)  # the chart shows the saved runs
     assert len(at.get(CHARTS)) == 1
+
+
+# --- sharing and state (#14) and injection (#15) ---------------------------------------------------------
+
+
+def _warnings(at) -> list[str]:
+    return _texts(at.warning)
+
+
+@pytest.mark.parametrize(("query", "said", "key", "value"), [
+    ({"length": "abc"}, "The link's length=abc is not a number from 2 to 512; using 8.", "length", 8),
+    ({"length": "9999"}, "The link's length=9999 is not a number from 2 to 512; using 8.", "length", 8),
+    ({"iterations": "0"}, "The link's iterations=0 is not a number from 1 to 10000; using 100.", "iterations", 100),
+    ({"mode": "fast"}, "The link's mode=fast is not one of sequential, single, batch; using sequential.", "mode", "sequential"),
+])
+def test_a_link_value_that_cannot_be_used_is_reset_and_said(query, said, key, value):
+    at = _app("pages/solo.py", **query)
+    _ok(at)
+    assert said in _warnings(at)
+    widget = at.selectbox(key=key) if key == "mode" else at.number_input(key=key)
+    assert widget.value == value
+    assert not at.button(key="solo_run").disabled
+    at.run()  # said once, not on every script run
+    assert said not in _warnings(at)
+
+
+def test_a_number_out_of_range_switches_run_off_with_the_reason(db):
+    at = _app("pages/solo.py")
+    at.number_input(key="length").set_value(9999).run()
+    _ok(at)
+    assert "Length (tokens) must be a whole number from 2 to 512." in _texts(at.error)
+    run = at.button(key="solo_run")
+    assert run.disabled and "Length (tokens) must be a whole number from 2 to 512." in run.help
+    assert "Run is off until the settings marked in red are in range." in _texts(at.caption)
+    assert not RunStore(db).list() and not at.status
+    at.number_input(key="length").set_value(12).run()
+    assert not at.button(key="solo_run").disabled and not at.error
+
+
+def _saved_solo(db: Path) -> tuple[int, str]:
+    """A finished sequential run of the successor model saved beforehand (as another server would): its id and the URL of its settings.
+
+    The model 'succ' is not registered in this process: the page cannot run it, only open the saved run."""
+    result = run_tiny("sequential", [successor_lm()], [1, 1, 1])
+    return RunStore(db).save(result), result.config.key()
+
+
+def test_the_saved_run_of_the_settings_is_shown_without_pressing_run(db):
+    rid, _ = _saved_solo(db)
+    at = _app("pages/solo.py", model="other…", model_other="succ", length="3")
+    _ok(at)
+    assert "Converged after 2 iterations." in _texts(at.subheader)
+    assert any(c.startswith(f"Saved run #{rid}:") for c in _texts(at.caption))
+    assert at.query_params["run"] == str(rid)
+    at.button(key="solo_run").click().run()  # Run opens the saved run: nothing runs (succ is not even loadable), nothing is added
+    _ok(at)
+    assert "Converged after 2 iterations." in _texts(at.subheader) and not at.error
+    assert [r.id for r in RunStore(db).list()] == [rid]
+
+
+def test_a_link_with_a_run_id_opens_that_run_with_its_settings(db):
+    rid, _ = _saved_solo(db)
+    at = _app("pages/solo.py", run=str(rid))
+    _ok(at)
+    assert "Converged after 2 iterations." in _texts(at.subheader)
+    assert at.text_input(key="model_other").value == "succ" and at.number_input(key="length").value == 3
+    assert any(c.startswith(f"Saved run #{rid}:") for c in _texts(at.caption))
+    # a battle's id on the Solo page, and an id that is not there, are said and dropped
+    battle = RunStore(db).save(run_tiny("adversarial-single", [constant_lm(1, name="A"), constant_lm(2, name="B")], [0, 0, 0]))
+    at = _app("pages/solo.py", run=str(battle))
+    assert f"Run #{battle} from the link is a battle: open it on the Battle page or in History." in _warnings(at)
+    at = _app("pages/battle.py", run=str(battle))
+    _ok(at)
+    assert {"Changes by A", "Changes by B"} <= {m.label for m in at.metric}
+    assert at.query_params["run"] == str(battle)
+    at = _app("pages/solo.py", run="999")
+    assert any(w.startswith("The link's run=999 is not a run in this run database") for w in _warnings(at))
+
+
+def test_history_puts_the_opened_run_in_the_link_and_opens_a_linked_one(db):
+    solo, battle = _saved_runs(db)
+    at = _app("pages/history.py", run=str(solo))
+    _ok(at)
+    assert at.selectbox(key="hist_open").value == solo
+    assert "Converged after 2 iterations." in _texts(at.subheader)
+    at.selectbox(key="hist_open").set_value(battle).run()
+    assert at.query_params["run"] == str(battle)
+    at = _app("pages/history.py", run="12345")
+    assert "The link's run=12345 is not among the saved runs listed here; showing the newest run instead." in _warnings(at)
+    assert at.selectbox(key="hist_open").value == battle and at.query_params["run"] == str(battle)
+
+
+def test_leaving_the_page_mid_run_is_said_before_and_after(db):
+    lm = constant_lm(1, name="A")
+    config = RunConfig(mode="single", model_a="smollm2-135m", length=4, seed=54321)
+    players = [modes.Player(lm, 0, "A")]
+    exp = Experiment(config, players, modes.State(players, [0, 0, 0, 0], True), [0, 0, 0, 0], "aaaa")
+    records = list(exp.records())[:2]  # cut after one iteration
+    at = _app("pages/solo.py")
+    at.session_state["partial_run"] = {
+        "config": config, "origin": "solo", "labels": ["A"], "start_text": "aaaa", "start_tokens": [0, 0, 0, 0], "records": records,
+    }
+    at.switch_page("pages/history.py").run()  # the run was cut by opening another page
+    _ok(at)
+    at.switch_page("pages/solo.py").run()
+    at.selectbox(key="mode").set_value("single").run()
+    at.number_input(key="length").set_value(4)
+    at.number_input(key="seed").set_value(54321).run()
+    _ok(at)
+    assert "Interrupted after 1 iteration; below is how far it got." in _texts(at.subheader)
+    assert any(w.startswith("This run was interrupted: you opened another page while it was running, so it stopped after 1 iteration.")
+               for w in _warnings(at)), _warnings(at)
+
+
+def test_a_live_run_shows_progress_time_left_and_the_leaving_warning(db, tiny_model):
+    at = _solo_tiny(_app(), seed=303)
+    bar = at.get("progress")[0]
+    assert bar.value == 100 and bar.text.startswith("Done: ")
+    from ui.running import Progress, expected_iterations
+
+    assert expected_iterations(RunConfig(mode="single", length=20), 20) == 50
+    assert expected_iterations(RunConfig(mode="adversarial-single", model_b="x", length=20), 20) == 60
+    assert expected_iterations(RunConfig(mode="sequential", length=20), 20) == 2
+    assert expected_iterations(RunConfig(mode="single", length=200, iterations=30), 200) == 30
+
+    class Bar:
+        def progress(self, value, text):
+            self.value, self.text = value, text
+
+    p = Progress(Bar(), RunConfig(mode="single", length=4), 4)  # ~10 iterations
+    p.t0 -= 6.0  # 3 iterations took 6 s
+    p.update(3)
+    assert p.bar.text == "Iteration 4 of about 10 (at most 100) · about 14 s left" and p.bar.value == pytest.approx(0.3)
+    seq = Progress(Bar(), RunConfig(mode="sequential", length=4), 4)
+    seq.update(1, position=1)  # half way through the first pass
+    assert seq.bar.value == pytest.approx(0.25)
+
+
+def test_the_cancel_caption_says_leaving_the_page_cancels(monkeypatch, db, tiny_model):
+    import ui.running as running_mod
+
+    seen = []
+    real = running_mod.load_models
+
+    def spy(specs, say):
+        seen.append(True)
+        return real(specs, say)
+
+    monkeypatch.setattr(running_mod, "load_models", spy)
+    at = _solo_tiny(_app(), seed=404)
+    assert seen
+    # the caption is drawn while the run goes and removed after: check the source of the box instead
+    import inspect
+
+    assert "Leaving this page cancels the run" in inspect.getsource(running_mod._stream)
+
+
+INJECTION = "![](//evil.example/x.png) <img src=//evil.example/y.png> :red[x]"
+
+
+def _live_markup(text: str) -> bool:
+    """Whether markdown text holds an image or an HTML tag that is not backslash-escaped.
+
+    Token chips and legends are one-line HTML blocks (markdown is not parsed inside them): there only
+    an unescaped tag would be live."""
+    if text.startswith("<div") and "\n\n" not in text:
+        return "<img" in text
+    return bool(re.search(r"(?<!\\)!(?<!\\)\[|(?<!\\)<img", text))
+
+
+class _AsciiTokenizer:
+    """One token per ASCII character, so that any start text (markdown included) can be run by a tiny model."""
+
+    vocab_size = 128
+    all_special_ids: list[int] = []
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [ord(c) for c in text if ord(c) < 128]
+
+    def decode(self, ids) -> str:
+        return "".join(chr(int(i)) for i in ids)
+
+    def get_vocab(self) -> dict[str, int]:
+        return {chr(i): i for i in range(32, 127)}
+
+
+@pytest.fixture
+def ascii_model():
+    """A random bigram model over ASCII characters, registered as 'tiny-ascii'."""
+    lm = table_lm(np.random.default_rng(1).normal(size=(128, 128)), name="tiny-ascii")
+    lm = dataclasses.replace(lm, tokenizer=_AsciiTokenizer())
+    models.register(lm)
+    yield lm
+    models.unregister(lm.spec)
+
+
+def test_user_text_in_labels_and_messages_is_plain_text(db, ascii_model):
+    at = _app("pages/solo.py", model="other…", model_other="tiny-ascii", mode="single", iterations="3", start_text=INJECTION)
+    at.button(key="solo_run").click().run()
+    _ok(at)
+    assert at.status[0].label.startswith("Finished: ")
+    from ui.running import running_label
+
+    label = running_label(RunConfig(mode="single", model_a="tiny-ascii", start_text=INJECTION))
+    assert "evil.example" in label and not _live_markup(label)  # st.status labels are markdown: escaped
+    shown = _texts(at.caption) + _texts(at.markdown) + _texts(at.subheader) + _texts(at.warning)
+    assert any(INJECTION in t for t in _texts(at.code))  # the start text is shown as code, as typed
+    for text in shown:
+        assert not _live_markup(text), text
+    # a typed model name that is markdown is quoted in the error as text
+    at = _app("pages/solo.py", model="other…", model_other=INJECTION)
+    at.button(key="solo_run").click().run()
+    _ok(at)
+    assert any("evil.example" in t for t in _texts(at.error))
+    for text in _texts(at.error) + _texts(at.info):
+        assert not _live_markup(text), text
+    # imported runs whose model names are markdown: History's labels and captions
+    store = RunStore(db)
+    evil = run_tiny("adversarial-single", [constant_lm(1, name=INJECTION), constant_lm(2, name="B")], [0, 0, 0])
+    store.save(evil)
+    at = _app("pages/history.py")
+    _ok(at)
+    shown = _texts(at.caption) + _texts(at.markdown) + _texts(at.info) + [m.label for m in at.metric]
+    assert any("evil" in t for t in shown)
+    for text in shown:
+        assert not _live_markup(text), text
+
+
+def test_a_file_that_is_not_a_model_is_not_echoed(tmp_path):
+    secret = tmp_path / "notes.txt"
+    secret.write_text("TOP-SECRET password=hunter2\n")
+    at = _app("pages/solo.py", model="other…", model_other=str(secret))
+    at.button(key="solo_run").click().run()
+    _ok(at)
+    said = " ".join(_texts(at.error) + _texts(at.info))
+    assert "not a GGUF file" in said
+    assert "TOP" not in said and "hunter2" not in said
+
+
+def test_plain_words_in_model_help_and_the_sidebar():
+    from ui.controls import MODEL_HELP
+
+    assert "SmolLM2, 135 million parameters, Llama family" in MODEL_HELP
+    assert "GGUF" not in MODEL_HELP and "Q4" not in MODEL_HELP
+    at = _app()
+    import tokconv
+
+    assert tokconv.RUNTIME.notice() not in _texts(at.sidebar.caption)[:1]
+    assert [e.label for e in at.sidebar.expander] == ["About this machine"]

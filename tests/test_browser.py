@@ -13,8 +13,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -60,18 +63,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
-    """A `streamlit run` of the dashboard on a free port, killed at the end whatever happens."""
+@contextmanager
+def _serve(env: dict[str, str] | None = None, log_name: str = "streamlit-server.log") -> Iterator[str]:
+    """A `streamlit run` of the dashboard on a free port (its URL), stopped at the end whatever happens."""
     ARTIFACTS.mkdir(exist_ok=True)
     port = _free_port()
-    log = (ARTIFACTS / "streamlit-server.log").open("w")
+    log = (ARTIFACTS / log_name).open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
          # no file watcher: an edit elsewhere in the tree must not reload modules under running sessions
          "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -97,16 +100,25 @@ def server():
         log.close()
 
 
+@pytest.fixture(scope="module")
+def server():
+    """The dashboard, shared by the tests of this module that need no database of their own."""
+    with _serve() as url:
+        yield url
+
+
 @pytest.fixture
 def browsers():
     """Make Chromium sessions on demand; all are closed at the end."""
     made = []
 
-    def make():
+    def make(network_log: bool = False):
         opts = webdriver.ChromeOptions()
         opts.binary_location = str(CHROMIUM)
         for flag in FLAGS:
             opts.add_argument(flag)
+        if network_log:  # Chrome's performance log lists every request the page makes (Network.requestWillBeSent)
+            opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
         driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=opts)
         made.append(driver)
         return driver
@@ -191,3 +203,90 @@ def test_two_browser_sessions_run_at_once(server, browsers):
         _wait(d, lambda d: "Converged after" in _text(d) and _charts(d) > 0, message=f"session {i} did not finish")
         _shot(d, f"browser-concurrent-{i}")
         assert not d.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+
+
+RESULT = re.compile(r"(Converged after|Oscillating:|Stopped at the iteration limit|Blocked \d+ position)")
+
+
+def _wait_result(d, timeout: float = MODEL_WORK) -> None:
+    _wait(d, lambda d: RESULT.search(_text(d)) and _charts(d) > 0, timeout, "no run result and chart")
+
+
+def test_a_saved_run_opens_on_a_restarted_server_without_running_again(browsers, tmp_path):
+    from tokconv.store import RunStore
+
+    db = tmp_path / "runs.sqlite"
+    env = {"TOKCONV_DB": str(db)}
+    link = "/solo?length=12&mode=batch&iterations=30"
+    d = browsers()
+    with _serve(env, "streamlit-server-first.log") as url:
+        _open_and_run(d, url + link, "Saved as run #1.")
+        _wait(d, lambda d: "run=1" in d.current_url, 30, f"no run id in the URL: {d.current_url}")
+    [row] = RunStore(db).list()
+    with _serve(env, "streamlit-server-second.log") as url:  # a new server: nothing in memory, only the database
+        d.get(url + link)
+        _wait_result(d)  # shown without pressing Run
+        assert "Saved run #1" in _text(d)
+        _shot(d, "browser-restarted-settings")
+        d.get(url + "/solo?run=1")  # the link with the run id: the run and its settings
+        _wait_result(d)
+        assert "Saved run #1" in _text(d)
+        box = d.find_element(By.CSS_SELECTOR, "input[aria-label='Length (tokens)']")
+        assert box.get_attribute("value") == "12"
+        _click_button(d, "Run")  # identical settings: the saved run, not a new one
+        time.sleep(3)
+        _wait_result(d)
+        assert not d.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+    assert [r.id for r in RunStore(db).list()] == [row.id]
+
+
+EVIL = "![](//evil.example/)"  # 20 characters: run_label keeps the first 20 of a start text
+
+
+def _requested(d) -> list[str]:
+    """Every URL the browser asked for since the last call."""
+    import json
+
+    urls = []
+    for entry in d.get_log("performance"):
+        msg = json.loads(entry["message"])["message"]
+        if msg.get("method") == "Network.requestWillBeSent":
+            urls.append(msg["params"]["request"]["url"])
+    return urls
+
+
+def test_markdown_in_user_text_makes_no_request_leave_the_machine(browsers, tmp_path):
+    from tiny import constant_lm, run_tiny
+
+    from tokconv.store import RunStore
+
+    db = tmp_path / "runs.sqlite"
+    # an imported run whose model name is a markdown image (History shows it)
+    RunStore(db).save(run_tiny("adversarial-single", [constant_lm(1, name=EVIL), constant_lm(2, name="B")], [0, 0, 0]))
+    d = browsers(network_log=True)
+    q = urllib.parse.quote
+    with _serve({"TOKCONV_DB": str(db)}, "streamlit-server-injection.log") as url:
+        # a shared link whose start text is a markdown image: the status label, captions and chips carry it
+        _open_and_run(d, f"{url}/solo?mode=sequential&iterations=3&start_text={q(EVIL)}", "Saved as run #2.")
+        _shot(d, "browser-injection-solo")
+        urls = _requested(d)  # collected as it goes: Chrome's log buffer is not unbounded
+        # the 'other model' field from the link, holding markdown and then a readable file that is no model
+        d.get(f"{url}/solo?model={q('other…')}&model_other={q(EVIL)}")
+        _wait(d, lambda d: "Runs this session" in _text(d), 60, "the page never appeared")
+        _click_button(d, "Run")
+        _wait(d, lambda d: "unknown model" in _text(d), 60, "no error for the markdown model name")
+        urls += _requested(d)
+        d.get(f"{url}/solo?model={q('other…')}&model_other={q('/etc/passwd')}")
+        _wait(d, lambda d: "Runs this session" in _text(d), 60, "the page never appeared")
+        _click_button(d, "Run")
+        _wait(d, lambda d: "not a GGUF file" in _text(d), 60, "no error for a file that is no model")
+        assert "root:" not in _text(d)
+        urls += _requested(d)
+        d.get(f"{url}/history?run=1")
+        _wait(d, lambda d: "Changes by" in _text(d), 60, "History did not open the imported run")
+        _shot(d, "browser-injection-history")
+        time.sleep(2)  # let any image request go out
+        urls += _requested(d)
+    assert urls, "the performance log recorded no request at all"
+    hosts = {urllib.parse.urlsplit(u).hostname for u in urls if not u.startswith(("data:", "blob:", "about:"))}
+    assert hosts == {"127.0.0.1"}, [u for u in urls if urllib.parse.urlsplit(u).hostname != "127.0.0.1"]

@@ -15,7 +15,7 @@ import runpy
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import streamlit as st
 
@@ -31,6 +31,22 @@ PAGES = [  # (file, title, icon)
 ]
 HISTORY = "history"  # the History page's URL path
 _local = threading.local()  # each browser session's script runs in its own thread
+
+
+def icon() -> Any:
+    """The browser tab's icon, drawn here: a ':material/...:' icon makes the browser fetch it from fonts.gstatic.com.
+
+    Two rings closing in on a dot (convergence), in the model colors of the token chips."""
+    import numpy as np
+    from PIL import Image  # a Streamlit dependency
+
+    y, x = np.mgrid[0:32, 0:32]
+    r = np.hypot(x - 15.5, y - 15.5)
+    img = np.zeros((32, 32, 4), dtype=np.uint8)
+    for (lo, hi), color in (((12, 15.5), (76, 120, 168)), ((6.5, 9.5), (245, 133, 24)), ((0, 3.5), (76, 120, 168))):
+        ring = (r >= lo) & (r < hi)
+        img[ring] = (*color, 255)
+    return Image.fromarray(img, "RGBA")
 
 
 def pages() -> list[st.Page]:

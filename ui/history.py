@@ -18,9 +18,13 @@ from tokconv.errors import TokconvError
 from tokconv.experiments import RunResult
 from tokconv.store import RunRow, RunStore, export_bytes, runs_from_json
 
+from tokconv.analysis.display import markdown_escape as md  # user text in markdown elements
+
 FLASH = "history_flash"  # session state: messages of the last import/delete, shown once
 IMPORTED = "history_imported"  # session state: ids of uploaded files already imported
 SELECTED = "hist_selected"  # widget key: the runs picked for export and delete
+OPEN = "hist_open"  # widget key: the run opened in 'Open a run'
+LINK = "run"  # the URL query parameter naming the opened run
 FORMATS = {  # export format -> (button label, MIME type, help)
     "json": ("JSON", "application/json", "Whole runs, every step and iteration; import it again here or with `tokconv runs import`."),
     "csv": ("CSV", "text/csv", "One row per token replacement, with its run's settings alongside: for a spreadsheet."),
@@ -83,6 +87,28 @@ def keep_valid(key: str, options: list, default: list | None = None) -> None:
         st.session_state[key] = [v for v in st.session_state[key] if v in options]
     elif default is not None:
         st.session_state[key] = [v for v in default if v in options]
+
+
+def open_linked(by_id: dict[int, RunRow]) -> None:
+    """Before the run picker is drawn: a link's ``?run=ID`` picks the opened run (the first time this session sees it)."""
+    raw = st.query_params.get(LINK)
+    if raw is None or OPEN in st.session_state:
+        return
+    try:
+        rid = int(raw)
+    except ValueError:
+        rid = None
+    if rid in by_id:
+        st.session_state[OPEN] = rid
+    else:
+        shown = md(raw, 40)
+        st.warning(f"The link's {LINK}={shown} is not among the saved runs listed here; showing the newest run instead.")
+
+
+def link_to(rid: int | None) -> None:
+    """Put the opened run in the page's address, so a copied link opens it."""
+    if rid is not None and st.query_params.get(LINK) != str(rid):
+        st.query_params[LINK] = str(rid)
 
 
 def say(kind: str, text: str) -> None:

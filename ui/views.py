@@ -18,6 +18,8 @@ from tokconv.analysis import charts, compare, frames
 from tokconv.analysis.display import ENTROPY_NOTE, MARKS_NOTE, STATUS_WORDS, markdown_escape, token_repr, visible
 from tokconv.experiments import RunResult
 
+from tokconv.analysis.display import markdown_escape as md  # user text in markdown elements
+
 # Semi-transparent fills and borders read well on both the light and the dark theme.
 _CHIP = "display:inline-block;margin:2px 1px;padding:0 4px;border-radius:4px;font-family:monospace;white-space:pre;"
 _PLAIN = "background:rgba(128,128,128,0.12);border:1px solid rgba(128,128,128,0.35);"

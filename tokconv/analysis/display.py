@@ -25,13 +25,22 @@ ENTROPY_NOTE = (
 )
 
 # Characters that start Markdown (or Streamlit's :color[...] / :icon: / $math$) formatting.
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+|!~$:&])")
+# CommonMark lets a backslash escape any ASCII punctuation; these can start a construct mid-line
+# (and Streamlit's :color[...] / :material/...: directives and $ math). '-', '+', '.' and '=' matter
+# only at the start of a line.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\](){}<>#!|~$:&])")
+_LINE_START = re.compile(r"^(\s*)([-+=]|\d+\.)")
 
 
-def markdown_escape(text: str) -> str:
-    """``text`` made literal where Streamlit reads Markdown (headings, metric labels): every character that
-    could format, link or embed an image is backslash-escaped, and line breaks become spaces."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).splitlines()))
+def markdown_escape(text: object, limit: int | None = None) -> str:
+    """``text`` made literal where Streamlit reads Markdown (captions, messages, headings, status and
+    metric labels): on one line, cut to ``limit`` characters (with '…'), and every character that could
+    format, link or embed an image backslash-escaped, so it reads exactly as typed."""
+    s = " ".join(str(text).split()) if "\n" in str(text) or "\r" in str(text) else str(text)
+    if limit is not None and len(s) > limit:
+        s = s[: limit - 1] + "…"
+    s = _MARKDOWN_SPECIAL.sub(r"\\\1", s)
+    return _LINE_START.sub(lambda m: m[1] + ("\\" + m[2] if not m[2][0].isdigit() else m[2][:-1] + "\\."), s)
 
 
 def visible(text: str, *, spaces: bool = False) -> str:

@@ -88,7 +88,7 @@ def read_gguf(path: str | Path) -> gguf.GGUFReader:
         magic = f.read(4)
     if magic != b"GGUF":
         raise CorruptModelFile(
-            f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')",
+            f"{path} is not a GGUF file (it does not start with the GGUF signature)",
             "pass a .gguf model file, as written by llama.cpp's converters",
         )
     try:
@@ -96,7 +96,7 @@ def read_gguf(path: str | Path) -> gguf.GGUFReader:
     except OSError:
         raise
     except Exception as err:  # bad data surfaces as ValueError, IndexError, UnicodeDecodeError...
-        raise _corrupt(path, f"{type(err).__name__}: {err}") from err
+        raise _corrupt(path, f"its header could not be parsed ({type(err).__name__})") from err  # no file content in messages
     size = path.stat().st_size
     for t in reader.tensors:
         if t.data_offset + t.n_bytes > size:
@@ -334,7 +334,9 @@ def convert_gguf(
     arch = gguf_architecture(source)
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedArchitecture(
-            f"{source.name} is a {arch!r} model; tokconv converts only {', '.join(SUPPORTED_ARCHITECTURES)}",
+            f"{source.name} is a {arch!r} model; tokconv converts only {', '.join(SUPPORTED_ARCHITECTURES)}"
+            if arch.isascii() and arch.replace("_", "").isalnum() and len(arch) <= 32
+            else f"{source.name} names an architecture tokconv does not know; it converts only {', '.join(SUPPORTED_ARCHITECTURES)}",
             "pick a GGUF file of a Llama, Qwen2 or Gemma 3 model",
         )
     reader = read_gguf(source)
