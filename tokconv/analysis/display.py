@@ -24,7 +24,6 @@ ENTROPY_NOTE = (
     "nats use the natural log, 1 nat ≈ 1.44 bits."
 )
 
-# Characters that start Markdown (or Streamlit's :color[...] / :icon: / $math$) formatting.
 # CommonMark lets a backslash escape any ASCII punctuation; these can start a construct mid-line
 # (and Streamlit's :color[...] / :material/...: directives and $ math). '-', '+', '.' and '=' matter
 # only at the start of a line.
