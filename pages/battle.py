@@ -23,13 +23,15 @@ with c2:
     model_b = controls.model_picker("Model B", "model_b", DEFAULT_MODEL_B)
 with c3:
     mode = controls.mode_picker(ADVERSARIAL_MODES, "battle_mode", "adversarial-single")
-s = controls.run_settings()
+s = controls.run_settings(battle=True)
+views.vocab_panel(model_a.choice if model_a.choice != controls.OTHER else model_a.other,
+                  model_b.choice if model_b.choice != controls.OTHER else model_b.other)
 
 
 def config() -> RunConfig:
     return RunConfig(
         mode=mode, model_a=model_a.spec(), model_b=model_b.spec(), length=s.length, iterations=s.iterations,
-        seed=s.seed, start_text=s.start_text, block_after=s.block_after,
+        seed=s.seed, start_text=s.start_text, block_after=s.block_after, dtype=s.dtype, share=s.share, oov=s.oov,
     )
 
 

@@ -26,7 +26,7 @@ s = controls.run_settings()
 def config() -> RunConfig:
     return RunConfig(
         mode=mode, model_a=model.spec(), length=s.length, iterations=s.iterations, seed=s.seed,
-        start_text=s.start_text, block_after=s.block_after,
+        start_text=s.start_text, block_after=s.block_after, dtype=s.dtype,
     )
 
 

@@ -615,3 +615,36 @@ def test_plain_words_in_model_help_and_the_sidebar():
 
     assert tokconv.RUNTIME.notice() not in _texts(at.sidebar.caption)[:1]
     assert [e.label for e in at.sidebar.expander] == ["About this machine"]
+
+
+def test_a_battle_can_share_ids_and_feed_nan_and_says_so(db):
+    """More settings on Battle: share ids and feed NaN beyond the vocabulary; the result says it was an
+    emulation and flags the moves made from broken numbers."""
+    import dataclasses
+
+    from conftest import make_tiny_lm
+    from tiny import CharTokenizer, constant_lm
+
+    big = constant_lm(9, vocab=12, name="app-big")
+    small = dataclasses.replace(make_tiny_lm(vocab_size=6), name="app-small", spec="app-small", tokenizer=CharTokenizer(6))
+    for lm in (big, small):
+        models.register(lm)
+    try:
+        at = _app("pages/battle.py")
+        for key, spec in (("model_a", "app-big"), ("model_b", "app-small")):
+            at.selectbox(key=key).set_value("other…").run()
+            at.text_input(key=f"{key}_other").input(spec).run()
+        at.selectbox(key="share").set_value("ids").run()
+        at.selectbox(key="oov").set_value("nan").run()
+        at.number_input(key="length").set_value(5)
+        at.number_input(key="seed").set_value(3)
+        at.button(key="battle_run").click().run()
+        _ok(at)
+        warnings = " ".join(_texts(at.warning))
+        assert "broken numbers" in warnings
+        assert any("emulation" in c for c in _texts(at.caption))
+        saved = RunStore(db).list()
+        assert len(saved) == 1 and RunStore(db).get(saved[0].id).config.oov == "nan"
+    finally:
+        for lm in (big, small):
+            models.unregister(lm.spec)

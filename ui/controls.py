@@ -107,7 +107,8 @@ def _check_number(key: str, low: int, high: int, default: int) -> None:
 def fill_from(config: RunConfig, *, battle: bool) -> None:
     """Put a saved run's settings into the widgets the link does not set (before they are drawn)."""
     values: dict[str, Any] = {"length": config.length, "iterations": config.iterations, "seed": config.seed,
-                              "start_text": config.start_text or "", "block_after": config.block_after}
+                              "start_text": config.start_text or "", "block_after": config.block_after,
+                              "dtype": config.dtype, **({"share": config.share, "oov": config.oov} if battle else {})}
     sides = [("model_a", config.model_a), ("model_b", config.model_b)] if battle else [("model", config.model_a)]
     for key, spec in sides:
         if spec in CATALOG:
@@ -152,6 +153,9 @@ class RunSettings:
     start_text: str | None
     block_after: int
     problems: tuple[str, ...] = field(default=())  # numbers out of range: Run stays off while there are any
+    dtype: str = "auto"
+    share: str = "text"
+    oov: str = "error"
 
     @property
     def run_help(self) -> str:
@@ -175,7 +179,7 @@ def _number(where: Any, label: str, key: str, low: int, high: int, default: int,
     return int(value)
 
 
-def run_settings(*, default_length: int = 8, default_iterations: int = 100) -> RunSettings:
+def run_settings(*, default_length: int = 8, default_iterations: int = 100, battle: bool = False) -> RunSettings:
     """Length, iteration limit, and (folded away) seed, start text and block-after.
 
     Shows what the link had that could not be used, and applies link resets (with a rerun)."""
@@ -193,7 +197,7 @@ def run_settings(*, default_length: int = 8, default_iterations: int = 100) -> R
         c2, "Max iterations", "iterations", 1, MAX_ITERATIONS, default_iterations, 10, problems=problems,
         help=f"The run stops here if it has not converged (two models may fight forever). From 1 to {MAX_ITERATIONS:,}.",
     )
-    with st.expander("More settings: seed, start text, blocking"):
+    with st.expander("More settings: seed, start text, blocking, precision" + (", sharing" if battle else "")):
         seed = _number(
             st, "Seed", "seed", 0, SEED_MAX, 0, 1, problems=problems,
             help="Picks the random start tokens: the same seed gives the same start, so runs can be repeated and compared. Any whole number from 0 up.",
@@ -206,8 +210,39 @@ def run_settings(*, default_length: int = 8, default_iterations: int = 100) -> R
             st, "Block after", "block_after", 1, BLOCK_MAX, 3, 1, problems=problems,
             help=f"In the single-token modes, a position that has flipped this many times is frozen (the original used 3), so two models cannot fight over it forever. From 1 to {BLOCK_MAX}.",
         )
+        extra = _advanced(battle)
     if st.session_state.get(RESETS):
         st.rerun()  # Streamlit took the link's out-of-range number: the next run puts the default in its place
     for note in st.session_state.pop(NOTES, []):
         st.warning(note, icon=":material/link_off:")
-    return RunSettings(length, iterations, seed, start_text or None, block_after, tuple(problems))
+    return RunSettings(length, iterations, seed, start_text or None, block_after, tuple(problems), **extra)
+
+
+def _choice(label: str, key: str, options: dict[str, str], help_text: str) -> str:
+    """A selectbox of ``options`` (value -> what it means), bound to the link, the first one the default."""
+    values = list(options)
+    _check_choice(key, values, values[0])
+    return st.selectbox(label, values, index=0, key=key, bind="query-params", format_func=lambda v: f"{v}: {options[v]}",
+                        help=help_text)
+
+
+def _advanced(battle: bool) -> dict[str, str]:
+    """Precision, and for battles how two vocabularies share the sequence."""
+    out = {"dtype": _choice(
+        "Precision", "dtype", {"auto": "this machine's best (float32 on a CPU)", "float32": "32-bit floats",
+                               "float16": "16-bit floats", "bfloat16": "16-bit 'brain' floats"},
+        "How precisely the model computes. Half precision (float16, bfloat16) is what the original experiment ran "
+        "with on a Mac; here it shows what rounding does to the results. On a CPU it is several times slower.")}
+    if battle:
+        out["share"] = _choice(
+            "Share", "share", {"text": "the text (each model reads it with its own tokenizer)",
+                               "ids": "the token numbers, as a naive script would"},
+            "Two models with different vocabularies give the same token number different meanings. 'text' lets each "
+            "read the shared text its own way. 'ids' passes the numbers straight across, as a script that ignores "
+            "this would: a model may get numbers it has no token for (see Beyond the vocabulary).")
+        out["oov"] = _choice(
+            "Beyond the vocabulary", "oov", {"error": "stop and say which number", "nan": "feed broken numbers (NaN), as an unchecked script can",
+                                             "unk": "read the model's 'unknown' token"},
+            "Only with Share = ids: what a model does with a token number past the end of its vocabulary. 'nan' imitates "
+            "a script that does not check (it reads garbage memory); such moves are flagged in the results.")
+    return out
