@@ -35,7 +35,7 @@ def markdown_escape(text: object, limit: int | None = None) -> str:
     """``text`` made literal where Streamlit reads Markdown (captions, messages, headings, status and
     metric labels): on one line, cut to ``limit`` characters (with '…'), and every character that could
     format, link or embed an image backslash-escaped, so it reads exactly as typed."""
-    s = " ".join(str(text).split()) if "\n" in str(text) or "\r" in str(text) else str(text)
+    s = " ".join(str(text).splitlines())  # one line: a line break could start a heading or a list
     if limit is not None and len(s) > limit:
         s = s[: limit - 1] + "…"
     s = _MARKDOWN_SPECIAL.sub(r"\\\1", s)

@@ -17,6 +17,7 @@ from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from .. import fastpath
 from ..errors import TokconvError
 from ..experiments.config import MAX_SEED, MAX_SWEEP_RUNS
 from ..paths import cache_dir
@@ -154,9 +155,7 @@ def runtime_notice(quiet: bool) -> None:
     if quiet or _noticed:
         return
     _noticed = True
-    import tokconv
-
-    print(tokconv.RUNTIME.notice(), file=sys.stderr, flush=True)
+    print(fastpath.setup().notice(), file=sys.stderr, flush=True)
 
 
 def rescue(results: list[RunResult], label: str = "run") -> Path:

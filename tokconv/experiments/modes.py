@@ -399,4 +399,5 @@ RUNNERS: dict[str, Runner] = {
     "adversarial": run_adversarial,
     "adversarial-single": run_adversarial_single,
 }
-assert RUNNERS.keys() == MODES.keys(), "every mode in config.MODES needs a runner here"
+if RUNNERS.keys() != MODES.keys():  # a mode added to config.MODES without its generator here
+    raise RuntimeError(f"modes without a runner: {sorted(MODES.keys() - RUNNERS.keys())}")
