@@ -57,6 +57,9 @@ if st.button("Run sweep", type="primary", key="sweep_run", disabled=not plan, he
     sweeping.run(spec)
 
 last, runs = sweeping.last_sweep(), []
+from_store = last is None and bool(plan)
+if from_store:  # no sweep in this session (a shared link, a restarted server): what the database holds
+    last = sweeping.grid_of(spec)
 if last is not None:
     try:
         runs = sweeping.grid_runs(last)
@@ -67,6 +70,9 @@ if last is not None:
         st.info(message)
 if runs:
     st.divider()
+    if from_store:
+        st.caption(f"{len(runs)} of the {len(last.keys)} run(s) of these settings are saved already (shown from the run "
+                   "database). Press Run sweep to run the rest; the saved ones are skipped.")
     sweep = frames.sweep_frame(runs)
     summary = frames.sweep_summary(sweep)
     first_run = frames.as_result(runs[0])

@@ -648,3 +648,18 @@ def test_a_battle_can_share_ids_and_feed_nan_and_says_so(db):
     finally:
         for lm in (big, small):
             models.unregister(lm.spec)
+
+
+def test_a_sweep_link_shows_the_saved_runs_of_its_grid_without_pressing_run(db, tiny_model):
+    """A new session (a shared link, a restarted server) opens the sweep's chart from the run database."""
+    from tokconv.experiments import SweepSpec
+    from tokconv.experiments.sweep import run_sweep
+
+    run_sweep(SweepSpec(model="tiny-noisy", mode="single", lengths=(4, 6), seeds=(0, 1), iterations=40), RunStore(db))
+    at = _app("pages/sweep.py", sweep_mode="single", sweep_model="other…", sweep_model_other="tiny-noisy",
+              sweep_lengths=["4", "6"], sweep_seeds="3", sweep_iterations="40")
+    _ok(at)
+    assert "4 run(s): single · tiny-noisy" in _texts(at.subheader)
+    assert len(at.get(CHARTS)) == 1
+    assert any("4 of the 6 run(s) of these settings are saved already" in c for c in _texts(at.caption))
+    assert len(RunStore(db).list()) == 4  # nothing was run

@@ -45,6 +45,14 @@ def last_sweep() -> SweepState | None:
     return st.session_state.get(LAST)
 
 
+def grid_of(spec_fn: Callable[[], SweepSpec]) -> SweepState | None:
+    """The grid of the page's settings (None while they cannot run): a shared link shows its saved runs."""
+    try:
+        return SweepState([c.key() for c in spec_fn().iter_configs()])
+    except Exception:  # settings that cannot run yet (e.g. 'other…' with nothing typed) show nothing
+        return None
+
+
 def was_cut_short() -> bool:
     """Whether the last sweep was stopped part way (call once per script run, before a new sweep starts)."""
     return bool(st.session_state.pop(RUNNING, False))
