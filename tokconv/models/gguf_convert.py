@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import CorruptModelFile, ModelNotFound, TokconvError, UnsupportedArchitecture
 from .gguf_tokenizer import end_of_turn_ids, tokenizer_from_gguf
-from .tempfiles import remove_stale_temps, temp_path
+from .tempfiles import fsync_path, remove_stale_temps, temp_path
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3")
 CONVERTER_VERSION = 1
@@ -259,15 +259,6 @@ def _write_safetensors(path: Path, plan: Plan, dtype: str, progress: ProgressFn 
         os.fsync(f.fileno())
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file, or a directory's entries, to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, obj: Any) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)
@@ -284,7 +275,7 @@ def _write_model(
     vocab_size = int(tensors["token_embd.weight"].shape[1])
     config = _model_config(reader, arch, tie="output.weight" not in tensors, vocab_size=vocab_size)
     tokenizer.save(str(out / "tokenizer.json"))
-    _fsync(out / "tokenizer.json")
+    fsync_path(out / "tokenizer.json")
     _write_json(out / "tokenizer_config.json", tok_config)
     specials = {k: tok_config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token") if tok_config[k]}
     _write_json(out / "special_tokens_map.json", specials)
@@ -352,7 +343,7 @@ def convert_gguf(
             if not out_dir.exists():
                 raise
             shutil.rmtree(tmp)  # another process finished the same conversion first
-        _fsync(out_dir.parent)  # make the rename itself durable
+        fsync_path(out_dir.parent)  # make the rename itself durable
     except BaseException:  # KeyboardInterrupt too: never leave a half-written temp dir behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
