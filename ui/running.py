@@ -65,10 +65,10 @@ def running_label(config: RunConfig) -> str:
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def load_model(spec: str, _progress: ProgressFn | None = None) -> LoadedModel:
+def load_model(spec: str, dtype: str = "auto", _progress: ProgressFn | None = None) -> LoadedModel:
     """The one place the dashboard loads a model: a singleton shared by every session.
     ``_progress`` (not part of the cache key) hears the loader's steps, such as a first conversion."""
-    return tk_models.load(spec, progress=_progress)
+    return tk_models.load(spec, progress=_progress, dtype=dtype)
 
 
 class _SharedRuns:
@@ -290,16 +290,16 @@ def settle_interrupted(page: str | None = None) -> None:
     _remember(config.key() + "-cut", config, result, partial["origin"], saved, note)
 
 
-def load_models(specs: list[str], say: Callable[[str], None]) -> None:
+def load_models(specs: list[str], say: Callable[[str], None], dtype: str = "auto") -> None:
     """Load models through the shared cache, saying what happens (a first use converts the model).
 
     ``say`` is a markdown element (a caption): what it gets is escaped, since a model path is typed by the user."""
     for spec in dict.fromkeys(specs):
-        if spec.strip() in tk_models.loaded_specs():
-            load_model(spec)
+        if tk_models.registry_key(spec, dtype) in tk_models.loaded_specs():
+            load_model(spec, dtype)
             continue
         t0 = time.perf_counter()
-        lm = load_model(spec, lambda msg: say(md(msg)))  # the loader says what it does: locating, converting once, loading
+        lm = load_model(spec, dtype, lambda msg: say(md(msg)))  # the loader says what it does: locating, converting once, loading
         say(md(f"{lm.name} ready ({time.perf_counter() - t0:.1f} s)."))
 
 
@@ -349,7 +349,7 @@ def _stream(config: RunConfig, origin: str, partial: dict[str, Any], live: bool,
         cancel.button("Cancel", key=f"{origin}_cancel", help="Stop this run after the current step and show how far it got.")
         leaving.caption("Leaving this page cancels the run: it stops after the current step and is kept as interrupted.")
     say = st.caption if live else (tick or (lambda _m: None))
-    load_models(config.models, say)
+    load_models(config.models, say, config.dtype)
     exp = prepare(config)
     partial.update(labels=[p.label for p in exp.players], start_text=exp.start_text, start_tokens=exp.start_tokens)
     progress = Progress(bar, config, len(exp.start_tokens)) if live else None

@@ -6,8 +6,8 @@ mlx-lm folder, :mod:`.vocab` knows which ids are ordinary text.
 """
 
 from .catalog import CATALOG, DEFAULT_MODEL_A, DEFAULT_MODEL_B
-from .loading import LoadedModel, load, load_vocabulary, loaded_specs, register, unregister
+from .loading import LoadedModel, load, load_vocabulary, loaded_specs, register, registry_key, unregister
 from .resolve import ProgressFn, converted_dir_for, resolve
 
 __all__ = ["CATALOG", "DEFAULT_MODEL_A", "DEFAULT_MODEL_B", "LoadedModel", "ProgressFn", "converted_dir_for",
-           "load", "load_vocabulary", "loaded_specs", "register", "resolve", "unregister"]
+           "load", "load_vocabulary", "loaded_specs", "register", "registry_key", "resolve", "unregister"]

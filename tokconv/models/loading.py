@@ -69,7 +69,9 @@ def _bos_id(tokenizer: Any) -> int | None:
     return int(bos) if probe and probe[0] == bos else None
 
 
-def _key(spec: str, dtype: str) -> str:
+def registry_key(spec: str, dtype: str = "auto") -> str:
+    """How a loaded model is held (and listed by :func:`loaded_specs`): its spec, plus ``@dtype`` unless auto."""
+    spec = spec.strip()
     return spec if dtype == "auto" else f"{spec}@{dtype}"
 
 
@@ -78,7 +80,7 @@ def load(spec: str, progress: ProgressFn | None = None, dtype: str = "auto") -> 
 
     ``dtype`` (auto, float32, float16, bfloat16): see :func:`tokconv.fastpath.prepare_model`."""
     spec = spec.strip()
-    key = _key(spec, dtype)
+    key = registry_key(spec, dtype)
     with _registry_lock:
         if key in _registry:
             return _registry[key]
@@ -131,7 +133,7 @@ def loaded_specs() -> list[str]:
 def register(lm: LoadedModel) -> None:
     """Make a model built in code (a test model, a model loaded elsewhere) loadable under its spec."""
     with _registry_lock:
-        _registry[_key(lm.spec, lm.dtype)] = lm
+        _registry[registry_key(lm.spec, lm.dtype)] = lm
 
 
 def unregister(spec: str) -> None:
