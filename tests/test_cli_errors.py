@@ -464,3 +464,14 @@ def test_complete_keeps_the_space_before_the_continuation(capsys, smollm2):
     assert main(["complete", "--model", "smollm2-135m", "--prompt", "The capital of France is", "--max-tokens", "2", "--quiet"]) == 0
     assert capsys.readouterr().out.startswith("The capital of France is Paris.")
 
+
+
+def test_reading_runs_from_a_database_that_does_not_exist_creates_nothing(tmp_path, capsys):
+    from tokconv.cli import main
+
+    missing = tmp_path / "none" / "runs.sqlite"
+    assert main(["runs", "list", "--db", str(missing)]) == 0
+    assert "there is no run database at" in capsys.readouterr().out
+    assert main(["runs", "show", "1", "--db", str(missing)]) == 2
+    assert "there is no run database at" in capsys.readouterr().err
+    assert not missing.parent.exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import TokconvError
 from ..experiments.config import MODES
-from ..store import RunStore, export_runs, read_runs_json
+from ..store import RunStore, export_runs, read_runs_json, resolve_db_path
 from ._common import add_db_option, check_db, check_output_file
 
 STATUSES = ("converged", "oscillating", "all-blocked", "max-iterations", "interrupted")
@@ -51,6 +51,13 @@ def main(args: argparse.Namespace) -> int:
     elif args.action == "export":
         check_output_file(args.output, "--output")
     check_db(args.db)
+    path = resolve_db_path(args.db)
+    if args.action != "import" and not path.exists():  # reading creates nothing: no database, no runs
+        if args.action == "list":
+            print("[]" if args.format == "json" else f"(no saved runs: there is no run database at {path} yet)")
+            return 0
+        raise TokconvError(f"there is no run database at {path}",
+                           "run an experiment first (every run is saved), or name the database with --db PATH")
     store = RunStore(args.db)
     if args.action == "list":
         rows = store.list(mode=args.mode, model=args.model, status=args.status)
