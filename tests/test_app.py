@@ -510,9 +510,9 @@ def test_the_cancel_caption_says_leaving_the_page_cancels(monkeypatch, db, tiny_
     seen = []
     real = running_mod.load_models
 
-    def spy(specs, say):
+    def spy(specs, say, *rest):
         seen.append(True)
-        return real(specs, say)
+        return real(specs, say, *rest)
 
     monkeypatch.setattr(running_mod, "load_models", spy)
     at = _solo_tiny(_app(), seed=404)
