@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import tokconv
-from tokconv.experiments import modes
 from tokconv.experiments.experiment import collect, prepare
 from tokconv.experiments import RunConfig
 from tokconv.engine import ScoringSession

@@ -58,7 +58,7 @@ def worker(index: int, seeds: list[int], busy: bool = False) -> dict:
     RunConfig, run = _api()
     out = {"label": label, "warm": []}
     t0 = time.perf_counter()
-    r = run(RunConfig(mode=mode, model_a=a, model_b=b, length=length, seed=seeds[0] + 1000, iterations=300))
+    run(RunConfig(mode=mode, model_a=a, model_b=b, length=length, seed=seeds[0] + 1000, iterations=300))
     out["fresh_s"] = time.perf_counter() - t0
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:

@@ -18,7 +18,6 @@ from tokconv.analysis import charts, compare, frames
 from tokconv.analysis.display import ENTROPY_NOTE, MARKS_NOTE, STATUS_WORDS, markdown_escape, token_repr, visible
 from tokconv.experiments import RunResult
 
-from tokconv.analysis.display import markdown_escape as md  # user text in markdown elements
 
 # Semi-transparent fills and borders read well on both the light and the dark theme.
 _CHIP = "display:inline-block;margin:2px 1px;padding:0 4px;border-radius:4px;font-family:monospace;white-space:pre;"

@@ -128,26 +128,30 @@ class State:
         if not self.shared_ids:
             self._encoded = {p.index: (self.text, list(ids))}
 
-    def text_edit(self, p: Player, ids: list[int], i: int, new: int) -> tuple[list[int], str, Edit] | None:
+    def text_edit(self, p: Player, ids: list[int], i: int, new: int, view: str | None = None,
+                  spans: list[tuple[int, int]] | None = None) -> tuple[list[int], str, Edit] | None:
         """Across tokenizers: ``p``'s tokens with ``new`` at ``i``, the new text and the edit of the
-        shared text; None when the move would leave a character incomplete (no valid move there)."""
-        view = p.lm.decode(ids)
+        shared text; None when the move would leave a character incomplete (no valid move there).
+        ``view`` (the text of ``ids``) and ``spans`` (their :func:`token_spans`) are derived when not given."""
+        view = p.lm.decode(ids) if view is None else view
         moved = [*ids[:i], int(new), *ids[i + 1 :]]
         after = p.lm.decode(moved)
         if splits_a_character(view, after):
             return None
-        return moved, after, edit_between(view, after, token_spans(p.lm, ids, view)[i])
+        span = (token_spans(p.lm, ids, view) if spans is None else spans)[i]
+        return moved, after, edit_between(view, after, span)
 
-    def apply_text_edit(self, p: Player, ids: list[int], edit: Edit) -> None:
-        """Across tokenizers: count the flip on the shared characters and take ``p``'s new tokens."""
-        self.flips.truncate(len(p.lm.decode(self.ids_for(p))))  # the part of the text p saw
+    def apply_text_edit(self, p: Player, ids: list[int], edit: Edit, seen: int) -> None:
+        """Across tokenizers: count the flip on the shared characters (the first ``seen`` of them were
+        what ``p`` read) and take ``p``'s new tokens."""
+        self.flips.truncate(seen)
         self.flips.apply(edit)
         self.update(p, ids)
         self.flips.truncate(len(self.text))
 
-    def blocked_positions(self, p: Player, ids: list[int], block_after: int) -> set[int]:
-        """Across tokenizers: ``p``'s token positions that cover a blocked character."""
-        return {i for i, (a, b) in enumerate(token_spans(p.lm, ids)) if self.flips.blocked(a, b, block_after)}
+    def blocked_positions(self, spans: list[tuple[int, int]], block_after: int) -> set[int]:
+        """Across tokenizers: the token positions whose character ``spans`` hold a blocked character."""
+        return {i for i, (a, b) in enumerate(spans) if self.flips.blocked(a, b, block_after)}
 
     def key(self) -> tuple:
         """A hashable snapshot, for detecting cycles."""
@@ -259,19 +263,21 @@ def text_single_turn(p: Player, state: State, ids: list[int], iteration: int,
     """:func:`single_turn` across tokenizers: positions whose characters are blocked are skipped, and
     so are moves that would leave a character incomplete (the next-highest entropy is taken)."""
     scores = p.score(ids)
-    blocked = state.blocked_positions(p, ids, block_after)
+    view = p.lm.decode(ids)
+    spans = token_spans(p.lm, ids, view)  # once per turn: every candidate move reads them
+    blocked = state.blocked_positions(spans, block_after)
     pos = np.array([i for i in mismatch_positions(scores, ids) if i not in blocked], dtype=np.int64)
     # highest entropy first, ties by position; NaN first, as np.argmax takes it in single_turn
     ent = np.nan_to_num(scores.entropy[0, pos], nan=np.inf)
     for i in pos[np.lexsort((pos, -ent))]:
-        moved = state.text_edit(p, ids, int(i), int(scores.argmax[0, i]))
+        moved = state.text_edit(p, ids, int(i), int(scores.argmax[0, i]), view, spans)
         if moved is None:
             continue
-        new_ids, _, edit = moved
+        new_ids, after, edit = moved
         step = _step(p, iteration, int(i), ids[i], scores, edit=edit)
-        state.apply_text_edit(p, new_ids, edit)
+        state.apply_text_edit(p, new_ids, edit, len(view))
         ids[:] = new_ids
-        p.blocked = state.blocked_positions(p, ids, block_after)
+        p.blocked = state.blocked_positions(token_spans(p.lm, ids, after), block_after)
         return step, iteration_end(p, iteration, ids, 1, p.blocked)
     p.blocked = blocked
     return None, iteration_end(p, iteration, ids, 0, blocked)

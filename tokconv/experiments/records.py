@@ -289,7 +289,7 @@ def check_run_dict(d: Any) -> None:
             shown = ", ".join(repr(k) for k in list(d)[:5]) + (", ..." if len(d) > 5 else "")
             raise TokconvError(
                 "this is not a tokconv run file: expected a run (an object with 'schema_version', 'config', 'steps', "
-                f"'fingerprints', ...) or an export ({{\"runs\": [...]}}), got an object with "
+                "'fingerprints', ...) or an export ({\"runs\": [...]}), got an object with "
                 + (f"the keys {shown}" if d else "no keys"),
                 RUN_FILE_FIX,
             )

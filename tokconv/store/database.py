@@ -292,18 +292,14 @@ class RunStore:
         """One write transaction: committed whole, or rolled back whole."""
         if self.read_only:
             raise problems.read_only(self.path, action)
-        with self._guard(action):
-            con = self._connect()
+        with self._reading(action) as con:  # the same connection and error handling, plus the transaction
+            con.execute("BEGIN IMMEDIATE")
             try:
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    yield con
-                    con.execute("COMMIT")
-                except BaseException:
-                    _rollback(con)
-                    raise
-            finally:
-                con.close()
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                _rollback(con)
+                raise
 
     # -- writing ---------------------------------------------------------------------------------
 
