@@ -101,8 +101,12 @@ def test_mkl_is_chosen_on_intel_and_can_be_switched_off(fresh):
     # libmlx's cblas_sgemm: the packed-weight interposer in front of MKL, where gcc built it
     packed = "packed weights" in out["blas"]
     assert ("mkl_pack" if packed else "libmkl_rt") in out["provider"]
-    plain = run_child(PROBE, env={"TOKCONV_NO_PACK": "1", "TOKCONV_CACHE": str(fresh[1])})
-    assert plain["blas"].startswith("MKL ") and "packed" not in plain["blas"]
+    unpacked = run_child(PROBE, env={"TOKCONV_NO_PACK": "1", "TOKCONV_CACHE": str(fresh[1])})
+    assert unpacked["blas"].startswith("MKL ") and "packed" not in unpacked["blas"]
+    assert ("compact 8-bit weights" in unpacked["blas"]) == ("mkl_pack" in unpacked["provider"])
+    assert unpacked["matmul_err"] < 1e-3
+    plain = run_child(PROBE, env={"TOKCONV_NO_PACK": "1", "TOKCONV_NO_COMPACT": "1", "TOKCONV_CACHE": str(fresh[1])})
+    assert plain["blas"].startswith("MKL ") and "packed" not in plain["blas"] and "compact" not in plain["blas"]
     assert "libmkl_rt" in plain["provider"] and plain["matmul_err"] < 1e-3
     off = run_child(PROBE, env={"TOKCONV_NO_MKL": "1", "TOKCONV_CACHE": str(fresh[1])})
     assert "OpenBLAS" in off["blas"] and off["matmul_err"] < 1e-3

@@ -16,6 +16,12 @@
 
 typedef BLASINT bi;
 
+/* Compact weights (_compact.c) answer short products first where tokconv/fastpath/blas.py set this. */
+typedef int (*hook_fn)(int, int, int, int, int, int, float, const float *, int, const float *, int, float, float *,
+                       int);
+static hook_fn compact_hook;
+void tokconv_set_compact_hook(void *fn) { compact_hook = (hook_fn)fn; }
+
 void TARGET(cblas_sgemm)(int, int, int, bi, bi, bi, float, const float *, bi,
                          const float *, bi, float, float *, bi);
 void TARGET(cblas_dgemm)(int, int, int, bi, bi, bi, double, const double *, bi,
@@ -26,6 +32,7 @@ void TARGET(cblas_cgemm)(int, int, int, bi, bi, bi, const void *, const void *,
 void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha,
                  const float *a, int lda, const float *b, int ldb, float beta,
                  float *c, int ldc) {
+  if (compact_hook != NULL && compact_hook(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) return;
   TARGET(cblas_sgemm)(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 

@@ -49,6 +49,12 @@ static int max_rows = 1024;
 static size_t packed_bytes;
 static long long calls, hits; /* statistics for tests and benchmarks */
 
+/* Compact weights (_compact.c) answer short products first where tokconv/fastpath/blas.py set this. */
+typedef int (*hook_fn)(int, int, int, int, int, int, float, const float *, int, const float *, int, float, float *,
+                       int);
+static hook_fn compact_hook;
+void tokconv_set_compact_hook(void *fn) { compact_hook = (hook_fn)fn; }
+
 static size_t home(const float *b) { return ((uintptr_t)b >> 6) * 0x9E3779B97F4A7C15ull % SLOTS; }
 
 static struct slot *find(const float *b) {
@@ -141,6 +147,7 @@ void tokconv_pack_stats(long long *out) {
 void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, const float *a,
                  int lda, const float *b, int ldb, float beta, float *c, int ldc) {
   __atomic_fetch_add(&calls, 1, __ATOMIC_RELAXED);
+  if (compact_hook != NULL && compact_hook(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) return;
   /* one row: the pack ran 0.86-0.93x the plain call (bench/results/pack-curve.log) */
   if (order == ROW_MAJOR && tb == TRANS && alpha == 1.0f && m >= 2 && m <= max_rows && ldb == k &&
       compute != NULL) {

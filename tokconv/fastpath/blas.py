@@ -4,7 +4,8 @@ The ``mlx-cpu`` wheel links netlib's reference BLAS. Loading another library tha
 ``cblas_sgemm`` into the global symbol scope first makes libmlx use it. Intel's MKL is first on
 Intel CPUs (its small-row GEMMs are faster there; see BENCHMARKS.md), with :mod:`.packing`'s
 interposer in front of it; OpenBLAS elsewhere, from Debian or from the ``scipy-openblas32`` wheel
-behind a small shim (``_blas_shim.c``) that exports the unprefixed ``cblas_*`` names.
+behind a small shim (``_blas_shim.c``) that exports the unprefixed ``cblas_*`` names. Both the
+interposer and the shim hand short products on compact weights to :mod:`.compact` first.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-from . import packing, threads
+from . import compact, packing, threads
 from .build import built, cpu_vendor
 
 _SHIM_SOURCE = Path(__file__).with_name("_blas_shim.c")
@@ -45,6 +46,9 @@ def setup_blas(warnings: list[str]) -> str | None:
             continue
         if sgemm_provider():
             packed = f" with packed weights (<= {packing.row_limit()} rows)" if packing.loaded() else ""
+            if hook_compact():
+                packed += (f", compact 8-bit weights (<= {compact.row_limit()} rows;"
+                           " TOKCONV_NO_COMPACT=1 turns them off)")
             return label + packed + threads.default_blas_threads()
         errors.append(f"{label}: exports no cblas_sgemm")
     fix = "; ".join(errors) or "pip install scipy-openblas32 (needs gcc) or apt-get install libopenblas0-pthread"
@@ -114,6 +118,17 @@ def _load_shimmed(lib: str, defines: tuple[str, ...]) -> None:
     shim = built(_SHIM_SOURCE, [*defines, "-Wl,--no-as-needed", lib, f"-Wl,-rpath,{os.path.dirname(lib)}"],
                   lib.encode(), f"{st.st_size}:{st.st_mtime_ns}".encode())
     ctypes.CDLL(str(shim), mode=ctypes.RTLD_GLOBAL)
+
+
+def hook_compact() -> bool:
+    """Point the interposer in front of the BLAS at the compact-weight kernel; False where either
+    is missing (another BLAS, no gcc, ``TOKCONV_NO_COMPACT=1``, ``TOKCONV_NO_PACK=1`` on MKL)."""
+    setter = getattr(ctypes.CDLL(None), "tokconv_set_compact_hook", None)
+    if setter is None or compact.row_limit() == 0 or (address := compact.hook_address()) is None:
+        return False
+    setter(ctypes.c_void_p(address))
+    compact.set_hooked()
+    return True
 
 
 class _DlInfo(ctypes.Structure):

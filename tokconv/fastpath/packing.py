@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import threads
+from . import compact, threads
 from .build import built
 
 _SOURCE = Path(__file__).with_name("_mkl_pack.c")
@@ -32,10 +32,11 @@ _lib: ctypes.CDLL | None = None  # set by load_in_front_of during the fast-path 
 
 def load_in_front_of(mkl_path: str, load_mkl: Callable[[], object]) -> None:
     """Load the interposer into the global scope, then MKL (``load_mkl``), then point the one at
-    the other. Off with ``TOKCONV_NO_PACK=1``, and where gcc cannot build it (MKL still loads)."""
+    the other. Off with ``TOKCONV_NO_PACK=1`` and ``TOKCONV_NO_COMPACT=1`` together (it carries
+    both), and where gcc cannot build it (MKL still loads)."""
     global _lib
     lib = None
-    if os.environ.get("TOKCONV_NO_PACK") != "1":
+    if packs_enabled() or compact.enabled():
         try:  # first in the global scope: libmlx binds the first cblas_sgemm found there
             lib = ctypes.CDLL(str(built(_SOURCE, ["-ldl", "-lpthread"])), mode=ctypes.RTLD_GLOBAL)
         except OSError:
@@ -47,8 +48,13 @@ def load_in_front_of(mkl_path: str, load_mkl: Callable[[], object]) -> None:
     lib.tokconv_pack_remove.argtypes = [ctypes.c_void_p]
     lib.tokconv_pack_init.argtypes = [ctypes.c_char_p]
     if lib.tokconv_pack_init(mkl_path.encode()) == 0:
-        lib.tokconv_pack_set_max_rows(row_limit())
+        lib.tokconv_pack_set_max_rows(row_limit() if packs_enabled() else 0)
         _lib = lib
+
+
+def packs_enabled() -> bool:
+    """False when the user turned MKL's packed weights off (``TOKCONV_NO_PACK=1``)."""
+    return os.environ.get("TOKCONV_NO_PACK") != "1"
 
 
 def row_limit() -> int:
@@ -115,12 +121,17 @@ def max_rows(rows: int) -> Iterator[None]:
 def matmul_weights(model: Any) -> list[Any]:
     """The 2-D weights that ``model`` multiplies as ``x @ W.T``: its Linear layers, and the
     embedding when there is no separate ``lm_head`` (mlx-lm's tied output layer)."""
+    return [w for _, w in named_matmul_weights(model)]
+
+
+def named_matmul_weights(model: Any) -> list[tuple[str, Any]]:
+    """:func:`matmul_weights` with the name of each weight's module."""
     import mlx.nn as nn  # not at import: this module loads during setup, before MLX may
 
     modules = model.named_modules()
-    weights = [m.weight for _, m in modules if isinstance(m, nn.Linear)]
+    weights = [(name, m.weight) for name, m in modules if isinstance(m, nn.Linear)]
     if not any(name.rsplit(".", 1)[-1] == "lm_head" for name, _ in modules):
-        weights += [m.weight for _, m in modules if isinstance(m, nn.Embedding)]
+        weights += [(name, m.weight) for name, m in modules if isinstance(m, nn.Embedding)]
     return weights
 
 

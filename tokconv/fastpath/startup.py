@@ -10,7 +10,8 @@ Environment: ``TOKCONV_BLAS`` (a library exporting ``cblas_sgemm``), and ``=1`` 
 ``TOKCONV_NO_FAST_BLAS``, ``TOKCONV_NO_MKL``, ``TOKCONV_NO_JIT_FLAGS``, ``TOKCONV_NO_MALLOC_TUNING``,
 ``TOKCONV_NO_REEXEC``, ``TOKCONV_NO_FAST_EXP`` (mlx-lm's own attention and RoPE),
 ``TOKCONV_NO_COMPILE`` (uncompiled model calls, :mod:`tokconv.engine.forward`), ``TOKCONV_NO_PACK`` (no MKL
-packed weights); ``TOKCONV_PACK_MAX_ROWS`` (most rows a packed matmul may have, 1024);
+packed weights), ``TOKCONV_NO_COMPACT`` (no compact 8-bit weights, :mod:`.compact`);
+``TOKCONV_PACK_MAX_ROWS`` (most rows a packed matmul may have, 1024), ``TOKCONV_COMPACT_MAX_ROWS``;
 ``TOKCONV_BLAS_THREADS`` fixes the BLAS thread count (``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` too).
 """
 
@@ -23,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from . import packing, threads
+from . import compact, packing, threads
 from .blas import setup_blas
 from .jit import setup_allocator, setup_jit
 
@@ -74,20 +75,21 @@ def use_fp32_weights() -> bool:
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
-def prepare_model(model: Any, dtype: str = "auto") -> None:
+def prepare_model(model: Any, dtype: str = "auto") -> compact.CompactReport | None:
     """Ready a freshly loaded mlx-lm model for this device (once per load).
 
     ``auto``: on Linux CPU dequantized float32 weights (quantized and half-precision matmuls are
     slow there), on Metal or CUDA the model's native (often quantized) weights. Any other ``dtype``
     runs weights and activations in that precision on every device (half precision on a CPU is
     several times slower). On a CPU the vectorised attention softmax and table RoPE go in, and
-    float32 weights get MKL's packed copies where available.
+    float32 weights get compact copies for short calls (:mod:`.compact`; returned: what it did)
+    and MKL's packed copies where available.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     cpu = use_fp32_weights()
     if dtype == "auto" and not cpu:
-        return
+        return None
     import mlx.core as mx  # not at import: setup() must run before MLX loads
     import mlx.nn as nn
     from mlx_lm.utils import dequantize_model
@@ -98,13 +100,15 @@ def prepare_model(model: Any, dtype: str = "auto") -> None:
     model.set_dtype(target)
     mx.eval(model.parameters())
     if not cpu:
-        return
+        return None
     if setup().fast_exp:
         from . import kernels  # imports MLX: only after setup()
 
         kernels.install()
         kernels.use_table_rope(model)
+    report = compact.compact_model(model, packing.named_matmul_weights(model))
     packing.pack_model(model)
+    return report
 
 
 def _setup() -> RuntimeInfo:

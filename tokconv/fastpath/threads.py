@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from . import compact
+
 _SET_THREADS = ("MKL_Set_Num_Threads", "scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
                 "openblas_set_num_threads")
 _GET_THREADS = ("MKL_Get_Max_Threads", "scipy_openblas_get_num_threads", "scipy_openblas_get_num_threads64_",
@@ -83,6 +85,7 @@ def compute(streams: int = 1) -> Iterator[int]:
 
 def set_blas_threads(n: int) -> bool:
     """Set the optimized BLAS's thread count; False when none with a known setter is loaded."""
+    compact.set_threads(n)  # the compact-weight kernel takes the same number of threads
     process = ctypes.CDLL(None)
     setter = next((getattr(process, name) for name in _SET_THREADS if hasattr(process, name)), None)
     if setter is not None:

@@ -30,7 +30,7 @@ from .gguf_tokenizer import end_of_turn_ids, tokenizer_from_gguf
 from .tempfiles import fsync_path, remove_stale_temps, temp_path
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3")
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: float32 by default (1 stored float16)
 
 ProgressFn = Callable[[int, int], None]
 Plan = list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]  # (hf_name, shape, load)
@@ -298,7 +298,7 @@ def _write_model(
 
 
 def convert_gguf(
-    gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "float16", progress: ProgressFn | None = None
+    gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "float32", progress: ProgressFn | None = None
 ) -> Path:
     """Convert a GGUF file into an mlx-lm model directory at ``out_dir``, atomically.
 
@@ -309,7 +309,7 @@ def convert_gguf(
     Args:
         gguf_path: the ``.gguf`` file.
         out_dir: the model directory to create.
-        dtype: ``"float16"`` or ``"float32"``, for the stored weights.
+        dtype: ``"float32"`` (the dequantized values exactly) or ``"float16"`` (half the disk).
         progress: called as ``progress(tensors_written, tensors_total)``.
 
     Raises:

@@ -39,6 +39,7 @@ class LoadedModel:
     load_seconds: float
     converted: bool  # whether this load had to convert a GGUF first
     dtype: str = "auto"  # the precision asked for (tokconv.fastpath.startup.DTYPES); auto: the device's best
+    compact: Any = None  # tokconv.fastpath.compact.CompactReport: matrices answered from compact weights
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def encode(self, text: str) -> list[int]:
@@ -103,7 +104,7 @@ def load(spec: str, progress: ProgressFn | None = None, dtype: str = "auto") -> 
                 f"mlx-lm could not load the model folder {path}: {exc}",
                 "if tokconv made this folder, delete it to convert again; otherwise check it was made by mlx_lm.convert",
             ) from exc
-        fastpath.prepare_model(model, dtype)  # fp32 weights, kernels and packs on Linux CPU
+        compact = fastpath.prepare_model(model, dtype)  # fp32 weights, kernels, compact weights, packs on Linux CPU
         vocab_size = int(model.args.vocab_size) if hasattr(model, "args") else len(tokenizer.vocab)
         loaded = LoadedModel(
             name=facts["name"],
@@ -118,6 +119,7 @@ def load(spec: str, progress: ProgressFn | None = None, dtype: str = "auto") -> 
             load_seconds=time.perf_counter() - t0,
             converted=converted,
             dtype=dtype,
+            compact=compact,
         )
         with _registry_lock:
             _registry[key] = loaded

@@ -10,12 +10,14 @@ A spec is one of:
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 from pathlib import Path
 from typing import Any, Callable
 
 from mlx_lm.utils import _download, hf_repo_to_path
 
+from .. import fastpath
 from ..errors import ModelNotFound
 from ..paths import models_dir
 from .catalog import CATALOG, file_fingerprint, get_entry
@@ -24,14 +26,32 @@ from .gguf_convert import CONVERTER_VERSION, convert_gguf, gguf_architecture
 ProgressFn = Callable[[str], None]
 
 
+def stored_dtype() -> str:
+    """The precision converted weights are stored in: float32 where the CPU fast path runs them
+    (the GGUF's dequantized values exactly, which :mod:`tokconv.fastpath.compact` relies on, and
+    nothing to convert at load), float16 on Metal or CUDA (half the disk and memory)."""
+    return "float32" if fastpath.use_fp32_weights() else "float16"
+
+
 def converted_dir_for(spec: str) -> Path | None:
     """Where the converted mlx-lm folder for a catalog name or GGUF path lives (None for other specs)."""
+    tail = f"-v{CONVERTER_VERSION}" + ("" if stored_dtype() == "float32" else "-f16")
     if spec in CATALOG:
-        return models_dir() / f"{spec}-v{CONVERTER_VERSION}"
+        return models_dir() / f"{spec}{tail}"
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".gguf" and path.is_file():
-        return models_dir() / f"{path.stem}-{file_fingerprint(path)}-v{CONVERTER_VERSION}"
+        return models_dir() / f"{path.stem}-{file_fingerprint(path)}{tail}"
     return None
+
+
+def _convert(gguf: Path, out: Path) -> Path:
+    """Convert into ``out`` and remove what older converter versions left for the same model."""
+    done = convert_gguf(gguf, out, dtype=stored_dtype())
+    base = out.name.rsplit(f"-v{CONVERTER_VERSION}", 1)[0]
+    for version in range(1, CONVERTER_VERSION):
+        for old in (out.parent / f"{base}-v{version}", out.parent / f"{base}-v{version}-f16"):
+            shutil.rmtree(old, ignore_errors=True)
+    return done
 
 
 def _looks_like_repo_id(spec: str) -> bool:
@@ -68,7 +88,7 @@ def resolve(spec: str, progress: ProgressFn | None = None) -> tuple[Path, dict[s
         say(f"Preparing {entry.name}: locating its weights")
         gguf = entry.gguf_path()
         say(f"Converting {entry.name} to MLX once (about 10-40 s); later loads reuse the cache")
-        return convert_gguf(gguf, out), facts, True
+        return _convert(gguf, out), facts, True
 
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".gguf" or path.is_file():
@@ -80,7 +100,7 @@ def resolve(spec: str, progress: ProgressFn | None = None) -> tuple[Path, dict[s
         if out is not None and out.is_dir():
             return out, facts, False
         say(f"Converting {path.name} to MLX once; later loads reuse the cache")
-        return convert_gguf(path, out), facts, True
+        return _convert(path, out), facts, True
 
     if path.is_dir():
         if not (path / "config.json").is_file():

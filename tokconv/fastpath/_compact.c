@@ -1,0 +1,399 @@
+/* Compact weights: a float32 matrix whose every 16 consecutive values along a row lie on an 8-bit
+ * grid (v = offset + scale * q, q in 0..255) is kept as one byte per value plus a float32 scale and
+ * offset per 16 values (1.5 bytes per weight instead of 4), and multiplied from that form.
+ *
+ * Why: the experiments make short model calls (1 to a few dozen rows), and those are bound by
+ * reading the weights. A model dequantized from a GGUF file (Q8_0, Q4_0/1, Q5_0/1, Q4_K, Q5_K,
+ * Q6_K: all affine in at most 8-bit integers within groups of 16 or 32) or from MLX's 4/8-bit
+ * groups has exactly this structure, so the compact form holds the same numbers: the recovery
+ * below accepts a matrix only when every value is reproduced to within a few float32 ulps, so the
+ * products differ from BLAS on the float32 matrix by summation order only. A matrix without that
+ * structure (float16 originals) is refused and stays on BLAS. No library does this for MLX on a
+ * CPU (MLX's own quantized matmul is slow there, see ../../BENCHMARKS.md), hence this file.
+ *
+ * libmlx computes x @ W.T as cblas_sgemm(RowMajor, NoTrans, Trans, M, N, K, 1, x, lda, W, K,
+ * beta, out, ldc). The interposer in front of the BLAS (_mkl_pack.c or _blas_shim.c) calls
+ * tokconv_compact_sgemm first; it answers calls whose B is a registered matrix and whose M is at
+ * most the row limit, and returns 0 for every other call.
+ *
+ * Built once by tokconv/fastpath/compact.py:  gcc -O3 -march=native -shared -fPIC _compact.c -lpthread
+ * Portable GNU C vectors: gcc emits AVX-512 where the CPU has it, AVX2 or SSE otherwise.
+ */
+#define _GNU_SOURCE
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
+enum { G = 16, TILE = 12, MAX_THREADS = 64 };
+/* A worker spins this long for the next product before it sleeps: a model call's products come a
+ * few dozen microseconds apart, and waking a sleeping thread costs about as much as a small product. */
+#define SPIN_SECONDS 300e-6
+/* Products smaller than this (bytes of compact weights x rows) run on the calling thread alone:
+ * handing half of them to a worker costs more than it saves. */
+#define MIN_SPLIT_BYTES ((size_t)1 << 20)
+
+typedef float v16f __attribute__((vector_size(64)));
+typedef uint8_t v16b __attribute__((vector_size(16)));
+
+/* One group of 16 inputs (k) for one block of 16 outputs (n): q[kk][nn], then 16 scales, 16 offsets. */
+struct block {
+  uint8_t q[G][G];
+  float scale[G], offset[G];
+};
+
+struct slot {
+  const float *b;
+  int n, k;
+  struct block *blocks; /* [n / 16][k / 16] */
+  size_t bytes;
+};
+
+#define SLOTS 16384
+#define TOMBSTONE ((const float *)1)
+static struct slot table[SLOTS];
+static pthread_rwlock_t table_lock = PTHREAD_RWLOCK_INITIALIZER;
+static int max_rows = 16;
+static int n_threads = 1;
+static size_t compact_bytes;
+static long long calls, hits; /* statistics for tests and benchmarks */
+
+static size_t home(const float *b) { return ((uintptr_t)b >> 6) * 0x9E3779B97F4A7C15ull % SLOTS; }
+
+static struct slot *find(const float *b) {
+  for (size_t i = home(b), n = 0; n < SLOTS; i = (i + 1) % SLOTS, n++) {
+    if (table[i].b == b) return &table[i];
+    if (table[i].b == NULL) return NULL;
+  }
+  return NULL;
+}
+
+/* ---- recovery of the grid ---------------------------------------------------------------- */
+
+static float fabsf_(float x) { return x < 0 ? -x : x; }
+
+/* Fit v[0..15] as offset + scale * q, q in 0..255; 0 on success: every value reproduced within 4
+ * float32 ulps of the group's largest magnitude. The grid step is the smallest gap between two
+ * values divided by 1..16 (a group need not hold two neighbouring levels). */
+static int fit_group(const float *v, uint8_t *q, float *scale, float *offset) {
+  float lo = v[0], hi = v[0];
+  for (int i = 1; i < G; i++) {
+    lo = v[i] < lo ? v[i] : lo;
+    hi = v[i] > hi ? v[i] : hi;
+  }
+  float big = fabsf_(lo) > fabsf_(hi) ? fabsf_(lo) : fabsf_(hi);
+  float tol = big * 4 * 1.1920929e-7f; /* 4 ulps */
+  if (hi == lo) {
+    *scale = 0, *offset = lo;
+    memset(q, 0, G);
+    return 0;
+  }
+  float gap = hi - lo; /* the smallest gap between two distinct values */
+  for (int i = 0; i < G; i++)
+    for (int j = 0; j < G; j++) {
+      float d = v[i] - v[j];
+      if (d > tol && d < gap) gap = d;
+    }
+  for (int div = 1; div <= 16; div++) {
+    float s = gap / div;
+    float top = __builtin_roundf((hi - lo) / s);
+    if (top > 255) break;
+    s = (hi - lo) / top; /* the step from the whole span: one rounding instead of one per level */
+    int ok = 1;
+    for (int i = 0; i < G && ok; i++) {
+      float r = (v[i] - lo) / s;
+      float qi = __builtin_roundf(r);
+      if (qi < 0 || qi > 255 || fabsf_(lo + s * qi - v[i]) > tol) ok = 0;
+      q[i] = (uint8_t)qi;
+    }
+    if (ok) {
+      *scale = s, *offset = lo;
+      return 0;
+    }
+  }
+  return 1;
+}
+
+/* Build the compact form of the row-major n x k matrix `w`; 0 on success, 5 when some group of
+ * 16 values is not on an 8-bit grid (the matrix stays on BLAS), 6 for a shape it does not take. */
+static int compact_matrix(const float *w, int n, int k, struct block *out) {
+  if (n % G || k % G) return 6;
+  int kb = k / G;
+  for (int nb = 0; nb < n / G; nb++) {
+    for (int g = 0; g < kb; g++) {
+      struct block *blk = &out[(size_t)nb * kb + g];
+      for (int nn = 0; nn < G; nn++) {
+        uint8_t q[G];
+        if (fit_group(w + (size_t)(nb * G + nn) * k + g * G, q, &blk->scale[nn], &blk->offset[nn])) return 5;
+        for (int kk = 0; kk < G; kk++) blk->q[kk][nn] = q[kk];
+      }
+    }
+  }
+  return 0;
+}
+
+/* ---- the product ------------------------------------------------------------------------- */
+
+static inline __attribute__((always_inline)) v16f load_weights(const struct block *blk, int kk, v16f s, v16f o) {
+  v16f w;
+  /* gcc turns a generic u8 -> float vector conversion into scalar code: widen with intrinsics */
+#if defined(__AVX512F__)
+  __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->q[kk])));
+  memcpy(&w, &f, sizeof w);
+#elif defined(__AVX2__)
+  __m128i raw = _mm_loadu_si128((const __m128i *)blk->q[kk]);
+  __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(raw));
+  __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(raw, 8)));
+  memcpy(&w, &lo, sizeof lo);
+  memcpy((char *)&w + sizeof lo, &hi, sizeof hi);
+#else
+  for (int i = 0; i < G; i++) w[i] = blk->q[kk][i];
+#endif
+  return w * s + o;
+}
+
+/* Rows [0, R) of x (stride lda) times one block column of 16 outputs; R is a constant per call
+ * site, so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void tile(int R, const float *a, int lda, const struct block *col,
+                                                       int kb, float *c, int ldc, float beta) {
+  v16f acc[TILE];
+  for (int r = 0; r < R; r++) acc[r] = (v16f){0};
+  for (int g = 0; g < kb; g++) {
+    const struct block *blk = &col[g];
+    v16f s, o;
+    memcpy(&s, blk->scale, sizeof s);
+    memcpy(&o, blk->offset, sizeof o);
+    const float *ag = a + g * G;
+#pragma GCC unroll 4
+    for (int kk = 0; kk < G; kk++) {
+      v16f w = load_weights(blk, kk, s, o);
+      for (int r = 0; r < R; r++) acc[r] += ag[(size_t)r * lda + kk] * w;
+    }
+  }
+  for (int r = 0; r < R; r++) {
+    float *cr = c + (size_t)r * ldc;
+    if (beta != 0.0f) {
+      v16f old;
+      memcpy(&old, cr, sizeof old);
+      acc[r] += beta * old;
+    }
+    memcpy(cr, &acc[r], sizeof acc[r]);
+  }
+}
+
+#define TILE_CASE(R) \
+  case R:            \
+    tile(R, a, lda, col, kb, c, ldc, beta); \
+    break;
+
+static void rows_times_column(int rows, const float *a, int lda, const struct block *col, int kb, float *c,
+                              int ldc, float beta) {
+  switch (rows) {
+    TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6)
+    TILE_CASE(7) TILE_CASE(8) TILE_CASE(9) TILE_CASE(10) TILE_CASE(11) TILE_CASE(12)
+  }
+}
+
+struct job {
+  int m, kb;
+  const float *a;
+  int lda;
+  const struct block *blocks;
+  float *c;
+  int ldc;
+  float beta;
+  int n_blocks;
+  int chunk, n_chunks;  /* block columns per chunk; chunks are claimed one at a time */
+  int done;             /* chunks finished (atomic) */
+};
+
+static void run_chunk(const struct job *j, int chunk) {
+  int lo = chunk * j->chunk, hi = lo + j->chunk < j->n_blocks ? lo + j->chunk : j->n_blocks;
+  for (int nb = lo; nb < hi; nb++) {
+    const struct block *col = j->blocks + (size_t)nb * j->kb;
+    for (int r0 = 0; r0 < j->m; r0 += TILE) {
+      int rows = j->m - r0 < TILE ? j->m - r0 : TILE;
+      rows_times_column(rows, j->a + (size_t)r0 * j->lda, j->lda, col, j->kb, j->c + (size_t)r0 * j->ldc + nb * G,
+                        j->ldc, j->beta);
+    }
+  }
+}
+
+/* ---- a small pool of worker threads ------------------------------------------------------
+ * A product is cut into chunks that the calling thread and the workers claim one at a time, so a
+ * worker that is slow to wake (its core busy with another process) only means the caller does
+ * more of the chunks itself: never a wait for a thread that is not running. Workers wait on a
+ * futex after a short spin.
+ *
+ * `state` holds the current job's generation (high 32 bits) and its next unclaimed chunk (low 32
+ * bits); a chunk is claimed by compare-and-swap, so a claim can never land on another job. Jobs
+ * live in a ring: a new job is published only after every chunk of the previous one is done. */
+
+#define RING 4
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER; /* one multi-threaded product at a time */
+static int pool_size;                                          /* workers started */
+static struct job ring[RING];
+static uint64_t state;       /* (generation << 32) | next chunk */
+static volatile int wake_seq; /* futex word: bumped on every publish */
+
+static long futex(volatile int *addr, int op, int val) { return syscall(SYS_futex, addr, op, val, NULL, NULL, 0); }
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* Claim and run chunks of the current job until none is left; returns the generation seen. */
+static uint32_t work(void) {
+  for (;;) {
+    uint64_t v = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
+    uint32_t gen = (uint32_t)(v >> 32), next = (uint32_t)v;
+    struct job *j = &ring[gen % RING];
+    if ((int)next >= __atomic_load_n(&j->n_chunks, __ATOMIC_RELAXED)) return gen;
+    if (!__atomic_compare_exchange_n(&state, &v, v + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) continue;
+    run_chunk(j, (int)next); /* the job stays put: no new one is published before this chunk is done */
+    __atomic_add_fetch(&j->done, 1, __ATOMIC_ACQ_REL);
+  }
+}
+
+static void *worker(void *arg) {
+  (void)arg;
+  for (;;) {
+    int seq = __atomic_load_n(&wake_seq, __ATOMIC_ACQUIRE);
+    work();
+    double until = now() + SPIN_SECONDS;
+    while (__atomic_load_n(&wake_seq, __ATOMIC_ACQUIRE) == seq && now() < until) __builtin_ia32_pause();
+    while (__atomic_load_n(&wake_seq, __ATOMIC_ACQUIRE) == seq) futex(&wake_seq, FUTEX_WAIT_PRIVATE, seq);
+  }
+  return NULL;
+}
+
+static void run_job(struct job *j, int threads) {
+  size_t bytes = (size_t)j->n_blocks * j->kb * sizeof(struct block) * (size_t)j->m;
+  if (threads > 1 && j->n_blocks >= 2 && bytes >= MIN_SPLIT_BYTES && pthread_mutex_trylock(&pool_lock) == 0) {
+    while (pool_size < threads - 1 && pool_size < MAX_THREADS - 1) {
+      pthread_t t;
+      if (pthread_create(&t, NULL, worker, NULL) != 0) break;
+      pthread_detach(t);
+      pool_size++;
+    }
+    /* chunks of ~256 kB of weights: a thread stalled mid-chunk holds up the product only briefly */
+    int per = (int)(((size_t)256 << 10) / ((size_t)j->kb * sizeof(struct block)));
+    j->chunk = per < 1 ? 1 : per;
+    j->n_chunks = (j->n_blocks + j->chunk - 1) / j->chunk;
+    j->done = 0;
+    uint32_t gen = (uint32_t)(__atomic_load_n(&state, __ATOMIC_ACQUIRE) >> 32) + 1;
+    ring[gen % RING] = *j;
+    __atomic_store_n(&state, (uint64_t)gen << 32, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&wake_seq, 1, __ATOMIC_ACQ_REL);
+    futex(&wake_seq, FUTEX_WAKE_PRIVATE, pool_size);
+    work();
+    struct job *cur = &ring[gen % RING];
+    while (__atomic_load_n(&cur->done, __ATOMIC_ACQUIRE) < cur->n_chunks) __builtin_ia32_pause();
+    pthread_mutex_unlock(&pool_lock);
+    return;
+  }
+  j->chunk = j->n_blocks;
+  j->n_chunks = 1;
+  run_chunk(j, 0);
+}
+
+/* ---- the interface ----------------------------------------------------------------------- */
+
+void tokconv_compact_set_max_rows(int rows) { max_rows = rows; }
+int tokconv_compact_get_max_rows(void) { return max_rows; }
+void tokconv_compact_set_threads(int n) { n_threads = n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : n; }
+int tokconv_compact_get_threads(void) { return n_threads; }
+
+/* Register the row-major n x k float32 matrix at `b` (for products x @ b.T). 0 on success, -1 if
+ * already there, 3 out of memory, 4 table full, 5 not on an 8-bit grid, 6 shape not a multiple of 16. */
+int tokconv_compact_add(const float *b, int n, int k) {
+  if (b == NULL || b == TOMBSTONE || n <= 0 || k <= 0) return 6;
+  size_t bytes = (size_t)(n / G) * (k / G) * sizeof(struct block);
+  if (n % G || k % G) return 6;
+  bytes = (bytes + 4095) / 4096 * 4096;
+  void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) return 3;
+  if (bytes >= ((size_t)2 << 20)) madvise(mem, bytes, MADV_HUGEPAGE);
+  int rc = compact_matrix(b, n, k, (struct block *)mem);
+  if (rc != 0) {
+    munmap(mem, bytes);
+    return rc;
+  }
+  pthread_rwlock_wrlock(&table_lock);
+  if (find(b) != NULL) {
+    rc = -1;
+  } else {
+    size_t i = home(b), seen = 0;
+    while (table[i].b != NULL && table[i].b != TOMBSTONE && seen++ < SLOTS) i = (i + 1) % SLOTS;
+    if (seen >= SLOTS) {
+      rc = 4;
+    } else {
+      table[i] = (struct slot){b, n, k, (struct block *)mem, bytes};
+      compact_bytes += bytes;
+    }
+  }
+  pthread_rwlock_unlock(&table_lock);
+  if (rc != 0) munmap(mem, bytes);
+  return rc;
+}
+
+/* Forget the compact form of `b` (call before `b`'s memory can be freed). 0 if it was there. */
+int tokconv_compact_remove(const float *b) {
+  pthread_rwlock_wrlock(&table_lock);
+  struct slot *s = find(b);
+  struct slot gone = {0};
+  if (s != NULL) {
+    gone = *s;
+    *s = (struct slot){TOMBSTONE, 0, 0, NULL, 0};
+    compact_bytes -= gone.bytes;
+  }
+  pthread_rwlock_unlock(&table_lock);
+  if (gone.blocks != NULL) munmap(gone.blocks, gone.bytes);
+  return s == NULL;
+}
+
+/* out: calls seen, calls answered, bytes held. */
+void tokconv_compact_stats(long long *out) {
+  out[0] = __atomic_load_n(&calls, __ATOMIC_RELAXED);
+  out[1] = __atomic_load_n(&hits, __ATOMIC_RELAXED);
+  out[2] = (long long)compact_bytes;
+}
+
+/* The product with explicit threads, for tests: c = x @ W.T (+ beta * c) for a registered `b`.
+ * 0 on success, 1 when `b` is not registered with this shape. */
+int tokconv_compact_gemm(int m, int n, int k, const float *a, int lda, const float *b, float beta, float *c, int ldc,
+                         int threads) {
+  pthread_rwlock_rdlock(&table_lock);
+  struct slot *s = find(b);
+  if (s == NULL || s->n != n || s->k != k) {
+    pthread_rwlock_unlock(&table_lock);
+    return 1;
+  }
+  struct job j = {m, k / G, a, lda, s->blocks, c, ldc, beta, n / G, 0, 0, 0};
+  run_job(&j, threads); /* the read lock stays held so that a remove cannot unmap mid-product */
+  pthread_rwlock_unlock(&table_lock);
+  return 0;
+}
+
+/* Called by the interposer first: 1 when this call was answered here, 0 to pass it on. */
+int tokconv_compact_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+                          const float *b, int ldb, float beta, float *c, int ldc) {
+  __atomic_fetch_add(&calls, 1, __ATOMIC_RELAXED);
+  if (order != ROW_MAJOR || ta != NO_TRANS || tb != TRANS || alpha != 1.0f || m < 1 || m > max_rows || ldb != k ||
+      ldc < n)
+    return 0;
+  if (tokconv_compact_gemm(m, n, k, a, lda, b, beta, c, ldc, n_threads) != 0) return 0;
+  __atomic_fetch_add(&hits, 1, __ATOMIC_RELAXED);
+  return 1;
+}

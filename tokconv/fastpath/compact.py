@@ -1,0 +1,204 @@
+"""Compact weights for short model calls (``_compact.c``): one byte per weight plus a scale and an
+offset per 16, multiplied by a C kernel built for this CPU.
+
+Experiments make short calls (1 to a few dozen rows), and those are bound by reading the weights:
+float32 weights cost 4 bytes per weight per call, the compact form 1.5. A model dequantized from a
+GGUF file or from MLX's 4/8-bit groups holds at most 256 levels in every group of 16 weights, so
+the compact form is exact there: :func:`compact_model` accepts a matrix only when every weight is
+reproduced within a few float32 ulps, and products differ from BLAS by summation order only.
+Matrices without that structure (float16 or bfloat16 originals) stay on BLAS.
+
+The interposer in front of the BLAS (:mod:`.packing` for MKL, the OpenBLAS shim of :mod:`.blas`)
+asks this library first; products with at most :func:`row_limit` rows of a registered weight
+are answered here, every other product goes to the BLAS. ``TOKCONV_NO_COMPACT=1`` turns it off,
+``TOKCONV_COMPACT_MAX_ROWS`` moves the crossover (``bench/compact_curve.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .build import built, cpu_flags
+
+_SOURCE = Path(__file__).with_name("_compact.c")
+DEFAULT_MAX_ROWS = 24
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+# tokconv_compact_add's answers
+REFUSED = {3: "out of memory", 4: "table full", 5: "not on an 8-bit grid", 6: "shape not a multiple of 16"}
+
+
+def enabled() -> bool:
+    """False when the user turned compact weights off (``TOKCONV_NO_COMPACT=1``)."""
+    return os.environ.get("TOKCONV_NO_COMPACT") != "1"
+
+
+def row_limit() -> int:
+    """Most rows a product may have to run on compact weights: ``TOKCONV_COMPACT_MAX_ROWS``."""
+    try:
+        return max(0, int(os.environ.get("TOKCONV_COMPACT_MAX_ROWS", str(DEFAULT_MAX_ROWS))))
+    except ValueError:
+        return DEFAULT_MAX_ROWS
+
+
+def library() -> ctypes.CDLL | None:
+    """The kernel library, built on first use (None where off or where gcc cannot build it)."""
+    global _lib, _tried
+    if _tried:
+        return _lib
+    _tried = True
+    if not enabled():
+        return None
+    try:
+        lib = ctypes.CDLL(str(built(_SOURCE, ["-O3", "-march=native", "-lpthread"], cpu_flags())))
+    except OSError:
+        return None  # plain BLAS: correct, only slower for short calls
+    p, i = ctypes.c_void_p, ctypes.c_int
+    lib.tokconv_compact_add.argtypes = [p, i, i]
+    lib.tokconv_compact_remove.argtypes = [p]
+    lib.tokconv_compact_gemm.argtypes = [i, i, i, p, i, p, ctypes.c_float, p, i, i]
+    lib.tokconv_compact_set_max_rows(row_limit())
+    _lib = lib
+    return lib
+
+
+def hook_address() -> int | None:
+    """The address of ``tokconv_compact_sgemm``, for the interposer to call first; None where off."""
+    lib = library()
+    return None if lib is None else ctypes.cast(lib.tokconv_compact_sgemm, ctypes.c_void_p).value
+
+
+_hooked = False
+
+
+def set_hooked() -> None:
+    """Record that an interposer calls the kernel (called by :mod:`.blas` once it is in place)."""
+    global _hooked
+    _hooked = True
+
+
+def active() -> bool:
+    """True where products on registered weights really run here (library built and hooked)."""
+    return _hooked and library() is not None
+
+
+def set_threads(n: int) -> None:
+    """Threads per product (the BLAS thread count of :mod:`.threads` is mirrored here)."""
+    if _lib is not None:
+        _lib.tokconv_compact_set_threads(int(n))
+
+
+@dataclass(frozen=True)
+class CompactStats:
+    """Process-wide counters of the kernel."""
+
+    calls: int  # products the interposer offered
+    compact_calls: int  # of which answered from compact weights
+    bytes: int  # memory held by compact weights
+
+
+def stats() -> CompactStats | None:
+    """The kernel's counters, or None where it is off."""
+    lib = _lib
+    if lib is None:
+        return None
+    out = (ctypes.c_longlong * 3)()
+    lib.tokconv_compact_stats(out)
+    return CompactStats(int(out[0]), int(out[1]), int(out[2]))
+
+
+@contextmanager
+def max_rows(rows: int) -> Iterator[None]:
+    """Inside the block, products with at most ``rows`` rows use compact weights (0: none do); for
+    side-by-side measurements and tests. Process-wide."""
+    lib = _lib
+    if lib is None:
+        yield
+        return
+    before = lib.tokconv_compact_get_max_rows()
+    lib.tokconv_compact_set_max_rows(rows)
+    try:
+        yield
+    finally:
+        lib.tokconv_compact_set_max_rows(before)
+
+
+def add(weight: np.ndarray) -> int:
+    """Register a C-contiguous float32 matrix (kept by the caller); 0 on success, else a code of
+    :data:`REFUSED` (or -1: already registered)."""
+    lib = library()
+    if lib is None:
+        return 7
+    return int(lib.tokconv_compact_add(weight.ctypes.data, weight.shape[0], weight.shape[1]))
+
+
+def remove(weight: np.ndarray) -> None:
+    """Forget a matrix registered with :func:`add` (before its memory can be freed)."""
+    if _lib is not None:
+        _lib.tokconv_compact_remove(weight.ctypes.data)
+
+
+def gemm(x: np.ndarray, weight: np.ndarray, threads: int = 1) -> np.ndarray:
+    """``x @ weight.T`` on the compact form of a registered ``weight`` (for tests and benchmarks)."""
+    lib = library()
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty((x.shape[0], weight.shape[0]), dtype=np.float32)
+    if lib is None or lib.tokconv_compact_gemm(x.shape[0], weight.shape[0], weight.shape[1], x.ctypes.data,
+                                               x.shape[1], weight.ctypes.data, 0.0, out.ctypes.data,
+                                               out.shape[1], threads) != 0:
+        raise ValueError("this weight has no compact form")
+    return out
+
+
+@dataclass(frozen=True)
+class CompactReport:
+    """What :func:`compact_model` did to one model."""
+
+    matrices: int  # matmul weights offered
+    compact: int  # of which now compact
+    weights: int  # weights (values) in compact matrices
+    bytes: int  # memory they take in compact form
+    refused: tuple[str, ...] = ()  # "name: reason" for matrices left on BLAS
+
+
+def compact_model(model: Any, weights: list[tuple[str, Any]]) -> CompactReport | None:
+    """Register ``model``'s float32 matmul ``weights`` ((name, mx.array) pairs); the compact forms
+    live as long as the model. None where compact weights are off or not hooked in."""
+    if not active():
+        return None
+    import mlx.core as mx  # not at import: this module loads during setup, before MLX may
+
+    held: list[tuple[np.ndarray, Any]] = []  # (view, array): the array keeps the memory alive
+    refused: list[str] = []
+    n_weights = n_bytes = 0
+    for name, w in weights:
+        if w.dtype != mx.float32 or w.ndim != 2:
+            continue
+        mx.eval(w)
+        view = np.asarray(w)  # zero-copy: the address MLX hands to cblas_sgemm
+        rc = add(view) if view.flags.c_contiguous else 6
+        if rc == 0:
+            held.append((view, w))
+            n_weights += view.size
+            n_bytes += view.size * 3 // 2
+        elif rc != -1:
+            refused.append(f"{name}: {REFUSED.get(rc, f'code {rc}')}")
+    if held:
+        weakref.finalize(model, _release, held)
+    return CompactReport(len(weights), len(held), n_weights, n_bytes, tuple(refused))
+
+
+def _release(held: list[tuple[np.ndarray, Any]]) -> None:
+    for view, _ in held:
+        remove(view)
+    held.clear()
