@@ -4,6 +4,8 @@
  *   scipy-openblas32:  gcc -O2 -shared -fPIC _blas_shim.c LIB
  *   numpy's openblas:  ... -DBLASINT=long -DSUFFIX=64_
  * MLX passes 32-bit ints; with BLASINT=long the call widens them. */
+#include <stddef.h>
+
 #ifndef BLASINT
 #define BLASINT int
 #endif
