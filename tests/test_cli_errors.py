@@ -45,11 +45,13 @@ def no_model_work(monkeypatch):
 
     import tokconv.commands.complete as complete
     import tokconv.commands.run as run_cmd
+    import tokconv.experiments.lockstep as lockstep
     import tokconv.experiments.sweep as sweep
 
     monkeypatch.setattr(run_cmd, "prepare", forbidden)
     monkeypatch.setattr(complete, "load", forbidden)
-    monkeypatch.setattr(sweep, "load", forbidden)
+    monkeypatch.setattr(lockstep, "load", forbidden)
+    monkeypatch.setattr(lockstep, "prepare", forbidden)
     monkeypatch.setattr(sweep, "run", forbidden)
 
 

@@ -114,8 +114,8 @@ def run_lockstep(configs: Sequence[RunConfig], *, models: Sequence[LoadedModel] 
 
     ``models`` are the loaded models (one per spec in the configs' ``models``), else they are
     loaded. ``should_stop`` is asked before each wave and after each result; a yes ends quietly,
-    unfinished runs dropped.
-    A Ctrl-C or an error inside a run ends them all (runs already yielded are complete).
+    unfinished runs dropped. A Ctrl-C or an error inside a run ends them all (runs already
+    yielded are complete).
     """
     if not configs:
         return
@@ -124,17 +124,16 @@ def run_lockstep(configs: Sequence[RunConfig], *, models: Sequence[LoadedModel] 
         raise ValueError("runs in lockstep must share all settings but the seed")
     lms = list(models) if models is not None else [load(spec, None, first.dtype) for spec in first.models]
     lanes = [_Lane(exp, exp.requests()) for exp in (prepare(c, lms) for c in configs)]
-    pools: dict[int, RowPool | None] = {}  # id(model) -> its pool (None: answered one by one)
-    count: dict[int, int] = {}
-    for lane in lanes:
+    # One pool per model, one row in it per run and player of that model (a model can play both sides).
+    sides: dict[int, list[int]] = {}  # id(model) -> the player indices it plays
+    for p in lanes[0].exp.players:
+        sides.setdefault(id(p.lm), []).append(p.index)
+    pools = {id(lm): RowPool(Scorer(lm), len(lanes) * len(sides[id(lm)])) if supported(lm, first.length) else None
+             for lm in lms}
+    for k, lane in enumerate(lanes):
         for p in lane.exp.players:
-            key = id(p.lm)
-            lane.rows[p.index] = (None, count.get(key, 0))
-            count[key] = count.get(key, 0) + 1
-    for lm in {id(lm): lm for lm in lms}.values():
-        pools[id(lm)] = RowPool(Scorer(lm), count[id(lm)]) if supported(lm, first.length) else None
-    for lane in lanes:
-        lane.rows = {i: (pools[id(lane.exp.players[i].lm)], row) for i, (_, row) in lane.rows.items()}
+            mine = sides[id(p.lm)]
+            lane.rows[p.index] = (pools[id(p.lm)], k * len(mine) + mine.index(p.index))
 
     replies: dict[int, Scores | None] = {k: None for k in range(len(lanes))}
     active = list(range(len(lanes)))
