@@ -108,7 +108,8 @@ class _Job:
 
 class RowPool:
     """A fixed number of independent rows, each with its own length, tokens and KV cache; any of
-    them are scored together. Each row gets what a one-row ScoringSession of its own would give."""
+    them are scored together. Each row gets what a one-row ScoringSession of its own would give
+    (up to float rounding, which differs between batch shapes)."""
 
     def __init__(self, scorer: Scorer, rows: int, *, call_cost: float = CALL_COST_TOKENS) -> None:
         self.scorer = scorer

@@ -158,7 +158,7 @@ def _answer(asking: list[tuple[int, _Lane]]) -> dict[int, Scores]:
         req = lane.request
         pool, row = lane.rows[req.player.index]
         if pool is None:
-            replies[k] = req.player.score(list(req.ids), upto=req.upto)
+            replies[k] = modes.answer(req)
             continue
         arr, poison = req.player.inputs(list(req.ids))
         wanted = RowRequest(row, arr[0], req.upto, None if poison is None else poison[0])

@@ -13,7 +13,7 @@ records the characters of the shared text it replaced, and flip counts and block
 live on those characters (:mod:`.textaxis`).
 
 A mode never calls the model itself: where it needs scores it yields a :class:`ScoreRequest`
-and is sent the :class:`~tokconv.engine.Scores` back (``scores = yield ScoreRequest(p, ids)``).
+and is sent the :class:`~tokconv.engine.Scores` back (``scores = yield ask(p, ids)``).
 :func:`served` answers each request at once from the player's own session (one run);
 :mod:`.lockstep` gathers the requests of many runs into batched model calls. Each mode's
 rules are written once, here, for both.
@@ -114,6 +114,11 @@ def ask(p: Player, ids, upto: int | None = None) -> ScoreRequest:
     return ScoreRequest(p, tuple(int(t) for t in ids), upto)
 
 
+def answer(request: ScoreRequest) -> Scores:
+    """The scores ``request`` asks for, from the player's own session."""
+    return request.player.score(list(request.ids), upto=request.upto)
+
+
 def served(records: Iterator) -> Iterator:
     """Drive a mode generator alone: answer each :class:`ScoreRequest` at once from the player's
     own session; yield the records (and pass on a generator's return value)."""
@@ -125,7 +130,7 @@ def served(records: Iterator) -> Iterator:
             except StopIteration as stop:
                 return stop.value
             if isinstance(item, ScoreRequest):
-                reply = item.player.score(list(item.ids), upto=item.upto)
+                reply = answer(item)
             else:
                 reply = None
                 yield item
@@ -144,7 +149,7 @@ def now(requests: Iterator):
             return stop.value
         if not isinstance(item, ScoreRequest):
             raise TypeError(f"expected only score requests, got {item!r}")
-        reply = item.player.score(list(item.ids), upto=item.upto)
+        reply = answer(item)
 
 
 def unknown_id(lm: LoadedModel) -> int:
@@ -307,8 +312,8 @@ def apply_single(p: Player, scores: Scores, ids: list[int], i: int, iteration: i
 def single_turn(p: Player, scores: Scores, ids: list[int], iteration: int, block_after: int,
                 row: int = 0) -> tuple[Step | None, IterationEnd]:
     """One single-token turn from ``scores``: the highest-entropy unblocked mismatch replaced in
-    ``ids`` (None when there is none), and the iteration's end record. Solo single mode,
-    adversarial-single and the lockstep sweep all move through here."""
+    ``ids`` (None when there is none), and the iteration's end record. Solo single mode and
+    adversarial-single with one vocabulary move through here."""
     i = pick_single(scores, ids, p.blocked, row)
     step = None if i is None else apply_single(p, scores, ids, i, iteration, block_after, row)
     return step, iteration_end(p, iteration, ids, int(step is not None), p.blocked)
