@@ -164,6 +164,21 @@ def test_pool_forwards_each_row_from_its_own_change_and_pads_only_at_the_end():
     _assert_rows_match(out[0], Scorer(lm).score(b2[None]))
 
 
+def test_a_group_split_by_the_logits_budget_forwards_each_piece_from_its_own_start(monkeypatch):
+    from tokconv.engine import streams
+
+    lm = make_tiny_lm()
+    monkeypatch.setattr(streams, "LOGITS_BUDGET_BYTES", 1)  # one row per call
+    pool = RowPool(Scorer(lm), 2, call_cost=10_000)  # calls so dear that the plan makes one group
+    a, b = np.arange(12) % lm.vocab_size, (np.arange(12) + 3) % lm.vocab_size
+    pool.score([RowRequest(0, a), RowRequest(1, b)])
+    before = pool.cost.forwarded_tokens
+    a[2], b[9] = (a[2] + 1) % lm.vocab_size, (b[9] + 1) % lm.vocab_size
+    out = pool.score([RowRequest(0, a), RowRequest(1, b)])
+    assert pool.cost.forwarded_tokens - before == (11 - 2) + (11 - 9)  # not twice 11 - 2
+    _assert_rows_match(out[1], Scorer(lm).score(b[None]))
+
+
 @pytest.mark.slow
 def test_lockstep_battle_of_smollm2_and_qwen_equals_one_by_one(smollm2):
     """The default battle across tokenizers, on the real bundled models."""

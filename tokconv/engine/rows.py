@@ -186,8 +186,9 @@ class RowPool:
             pieces = -(-len(members) // max_rows(hi - lo, vocab))
             if k == heaviest and n > 1 and work[k] > sum(work) / 2:
                 pieces = max(pieces, 2)  # one half per stream
-            for part in np.array_split(members, min(pieces, len(members))):
-                split.append((self.call_cost + len(part) * (hi - lo), [jobs[i] for i in part], lo, hi))
+            for part in np.array_split(members, min(pieces, len(members))):  # members are sorted by start
+                plo, phi = int(starts[part].min()), int(ends[part].max())  # a piece forwards only its own span
+                split.append((self.call_cost + len(part) * (phi - plo), [jobs[i] for i in part], plo, phi))
         queues: list[list] = [[] for _ in range(n)]
         load = [0.0] * n
         for cost, part, lo, hi in sorted(split, key=lambda j: -j[0]):
