@@ -186,5 +186,5 @@ def test_lockstep_battle_of_smollm2_and_qwen_equals_one_by_one(smollm2):
 
     qwen = tokconv.load("qwen2.5-coder-0.5b")
     lms = [smollm2, qwen]
-    runs = _assert_lockstep_equals_one_by_one("adversarial-single", lms, 12, range(4), iterations=40)
+    runs = _assert_lockstep_equals_one_by_one("adversarial-single", lms, 12, range(3), iterations=40)
     assert {s.model_index for r in runs.values() for s in r.steps} == {0, 1}

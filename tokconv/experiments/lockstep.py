@@ -54,7 +54,8 @@ __all__ = ["lockstep_key", "run_lockstep"]
 
 def lockstep_key(c: RunConfig) -> tuple:
     """Runs with the same key run in lockstep together: one mode, the same models read the same
-    way, one length. (Any runs of the same models could; alike runs end at alike times.)"""
+    way, one length; seeds, start texts, iterations and blocking may differ. (Any runs of the same
+    models could share the pools; alike runs end at alike times, so batches stay full.)"""
     return (c.mode, c.model_a, c.model_b, c.length, c.share, c.oov, c.dtype)
 
 
@@ -121,7 +122,7 @@ def run_lockstep(configs: Sequence[RunConfig], *, models: Sequence[LoadedModel] 
         return
     first = configs[0]
     if any(lockstep_key(c) != lockstep_key(first) for c in configs):
-        raise ValueError("runs in lockstep must share all settings but the seed")
+        raise ValueError("runs in lockstep must share their mode, models, length, sharing, oov policy and precision")
     lms = list(models) if models is not None else [load(spec, None, first.dtype) for spec in first.models]
     lanes = [_Lane(exp, exp.requests()) for exp in (prepare(c, lms) for c in configs)]
     # One pool per model, one row in it per run and player of that model (a model can play both sides).
