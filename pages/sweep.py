@@ -1,7 +1,7 @@
 """Sweep: iterations to convergence across seeds and lengths, against the original's claims.
 
 The grid runs through ``tokconv.experiments.sweep.run_sweep``, as ``tokconv sweep`` does: each run is saved to
-the run store as it finishes, single-mode runs of one length go as one batch, and runs already saved
+the run store as it finishes, runs of one mode and length go in lockstep batches, and runs already saved
 are skipped, so running a stopped sweep again resumes it.
 """
 

@@ -45,11 +45,13 @@ def no_model_work(monkeypatch):
 
     import tokconv.commands.complete as complete
     import tokconv.commands.run as run_cmd
+    import tokconv.experiments.lockstep as lockstep
     import tokconv.experiments.sweep as sweep
 
     monkeypatch.setattr(run_cmd, "prepare", forbidden)
     monkeypatch.setattr(complete, "load", forbidden)
-    monkeypatch.setattr(sweep, "load", forbidden)
+    monkeypatch.setattr(lockstep, "load", forbidden)
+    monkeypatch.setattr(lockstep, "prepare", forbidden)
     monkeypatch.setattr(sweep, "run", forbidden)
 
 
@@ -384,7 +386,7 @@ def test_ctrl_c_in_a_sweep_exits_130_and_says_what_was_saved(batch, noisy, db, c
     import tokconv.experiments.sweep as sweep
 
     calls = {"n": 0}
-    real_run, real_batch = sweep.run, sweep.run_single_batch
+    real_run, real_batch = sweep.run, sweep.run_lockstep
 
     def run_then_ctrl_c(config, **kw):
         calls["n"] += 1
@@ -394,14 +396,14 @@ def test_ctrl_c_in_a_sweep_exits_130_and_says_what_was_saved(batch, noisy, db, c
             return r
         return real_run(config, **kw)
 
-    def batch_then_ctrl_c(lm, configs, should_stop=None):
-        for i, r in enumerate(real_batch(lm, configs, should_stop)):
+    def batch_then_ctrl_c(configs, should_stop=None):
+        for i, r in enumerate(real_batch(configs, should_stop=should_stop)):
             if i == 2:
                 raise KeyboardInterrupt
             yield r
 
     monkeypatch.setattr(sweep, "run", run_then_ctrl_c)
-    monkeypatch.setattr(sweep, "run_single_batch", batch_then_ctrl_c)
+    monkeypatch.setattr(sweep, "run_lockstep", batch_then_ctrl_c)
     argv = ["sweep", "--model", "noisy", "--mode", "single", "--lengths", "5", "--seeds", "0-5", "--db", str(db), *batch]
     assert main(argv) == 130
     err = capsys.readouterr().err
@@ -409,7 +411,7 @@ def test_ctrl_c_in_a_sweep_exits_130_and_says_what_was_saved(batch, noisy, db, c
     assert "Traceback" not in err
     assert len(RunStore(db).list()) == 2
     monkeypatch.setattr(sweep, "run", real_run)
-    monkeypatch.setattr(sweep, "run_single_batch", real_batch)
+    monkeypatch.setattr(sweep, "run_lockstep", real_batch)
     assert main(argv) == 0
     assert "4 new run(s) saved" in capsys.readouterr().out
 

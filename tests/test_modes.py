@@ -84,7 +84,7 @@ def test_single_picks_the_highest_entropy_mismatch_and_breaks_ties_low():
     recs = list(exp.records())
     first = next(r for r in recs if isinstance(r, Step))
     # mismatches: pos1 (after 3 -> 2, low H), pos2 (after 3? no: after token at 1) ...; highest entropy wins, lowest first
-    scores, pos = modes.mismatches(exp.players[0], [3, 3, 0, 0, 3])
+    scores, pos = modes.now(modes.mismatches(exp.players[0], [3, 3, 0, 0, 3]))
     best = max(pos, key=lambda i: (scores.entropy[0, i], -i))
     assert first.position == best
     assert isinstance(recs[-1], RunEnd) and recs[-1].status in ("converged", "all-blocked")

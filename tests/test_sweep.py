@@ -9,7 +9,7 @@ from tiny import table_lm
 from tokconv import models
 from tokconv.experiments.experiment import run
 from tokconv.store import RunStore
-from tokconv.experiments.sweep import SweepSpec, run_single_batch, run_sweep
+from tokconv.experiments.sweep import SweepSpec, run_lockstep, run_sweep
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def _essence(r):
 
 def test_batched_single_runs_equal_one_by_one_runs(noisy_lm):
     spec = SweepSpec(model="noisy", mode="single", lengths=(7,), seeds=tuple(range(6)), iterations=40)
-    batched = {r.config.seed: r for r in run_single_batch(noisy_lm, spec.configs())}
+    batched = {r.config.seed: r for r in run_lockstep(spec.configs(), models=[noisy_lm])}
     assert len(batched) == 6
     for c in spec.configs():
         assert _essence(batched[c.seed]) == _essence(run(c))
@@ -63,6 +63,6 @@ def test_a_stopped_sweep_resumes_without_redoing_finished_runs(noisy_lm, tmp_pat
 @pytest.mark.slow
 def test_batched_sweep_matches_one_by_one_on_smollm2(smollm2):
     spec = SweepSpec(model="smollm2-135m", mode="single", lengths=(8,), seeds=(0, 1, 2, 3), iterations=60)
-    batched = {r.config.seed: r for r in run_single_batch(smollm2, spec.configs())}
+    batched = {r.config.seed: r for r in run_lockstep(spec.configs(), models=[smollm2])}
     for c in spec.configs():
         assert _essence(batched[c.seed]) == _essence(run(c))

@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--iterations", type=int, default=100, help="maximum iterations per run (default 100)")
     p.add_argument("--block-after", type=int, default=3, help="block a position after this many flips (default 3)")
     p.add_argument("--db", default=None, metavar="PATH", help=DB_HELP)
-    p.add_argument("--no-batch", action="store_true", help="run one at a time instead of batching single-mode runs")
+    p.add_argument("--no-batch", action="store_true", help="run one at a time instead of in lockstep batches of one mode and length")
     add_quiet_option(p)
 
 

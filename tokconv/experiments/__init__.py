@@ -2,7 +2,7 @@
 
 :mod:`.config` (settings, the mode registry, limits), :mod:`.records` (the streamed step records
 and the result), :mod:`.modes` (the generators), :mod:`.experiment` (prepare, run, collect),
-:mod:`.sweep` (grids in lockstep).
+:mod:`.lockstep` (many runs at once, their score requests batched), :mod:`.sweep` (grids).
 """
 
 from .config import ADVERSARIAL_MODES, MODES, SOLO_MODES, ModeInfo, RunConfig, SweepSpec

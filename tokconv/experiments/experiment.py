@@ -11,10 +11,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Generator, Iterator, Sequence
 
 import mlx_lm
 
+from ..engine import Scores
 from ..errors import TokconvError
 from ..models import LoadedModel, load
 from ..models.vocab import random_tokens, tokenizer_key
@@ -42,8 +43,13 @@ class Experiment:
         ``should_stop`` is asked before the first iteration and after each one; a yes ends
         the run as ``interrupted`` (one place for every mode, rather than in each loop).
         """
-        records = modes.RUNNERS[self.config.mode](self.players, self.state, self.config)
+        records = modes.served(self.requests())
         return records if should_stop is None else self._stoppable(records, should_stop)
+
+    def requests(self) -> Generator[Record | modes.ScoreRequest, Scores | None, None]:
+        """The mode's generator itself: records and score requests, each request to be answered
+        by sending its scores back (:func:`tokconv.experiments.lockstep.run_lockstep` does, for many runs)."""
+        return modes.RUNNERS[self.config.mode](self.players, self.state, self.config)
 
     def _stoppable(self, records: Iterator[Record], should_stop: Callable[[], bool]) -> Iterator[Record]:
         if should_stop():

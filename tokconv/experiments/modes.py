@@ -11,12 +11,18 @@ text with its own tokenizer, makes its move(s), and decodes the result. Position
 in its steps are indices into its own tokenization of that text; each step also
 records the characters of the shared text it replaced, and flip counts and blocking
 live on those characters (:mod:`.textaxis`).
+
+A mode never calls the model itself: where it needs scores it yields a :class:`ScoreRequest`
+and is sent the :class:`~tokconv.engine.Scores` back (``scores = yield ask(p, ids)``).
+:func:`served` answers each request at once from the player's own session (one run);
+:mod:`.lockstep` gathers the requests of many runs into batched model calls. Each mode's
+rules are written once, here, for both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Generator, Iterator
 
 import numpy as np
 
@@ -66,8 +72,15 @@ class Player:
         return "".join(out + [self.lm.decode(run)])
 
     def score(self, ids: list[int], *, upto: int | None = None) -> Scores:
-        """Scores of ``ids`` by this model, ids beyond its vocabulary handled by ``oov``: ``error``
-        stops, ``unk`` reads the unknown token there, ``nan`` feeds a NaN embedding there."""
+        """Scores of ``ids`` by this model (its own KV-cached session), ids beyond its vocabulary
+        handled as :meth:`inputs` says."""
+        arr, poison = self.inputs(ids)
+        return self.session.score(arr, upto=upto, poison=poison)
+
+    def inputs(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """What this model reads for ``ids`` (1, L), and where it reads a NaN embedding (or None).
+        Ids beyond its vocabulary are handled by ``oov``: ``error`` stops, ``unk`` reads the unknown
+        token there, ``nan`` feeds a NaN embedding there."""
         arr = np.array([ids], dtype=np.int64)
         bad = (arr < 0) | (arr >= self.lm.vocab_size)
         poison = None
@@ -83,7 +96,60 @@ class Player:
                 arr = np.where(bad, unknown_id(self.lm), arr)
             else:
                 poison, arr = bad, np.where(bad, 0, arr)
-        return self.session.score(arr, upto=upto, poison=poison)
+        return arr, poison
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """A mode asks for ``player``'s scores of ``ids`` (current up to position ``upto``, all when
+    None); whoever drives the mode's generator sends the :class:`~tokconv.engine.Scores` back."""
+
+    player: Player
+    ids: tuple[int, ...]
+    upto: int | None = None
+
+
+def ask(p: Player, ids, upto: int | None = None) -> ScoreRequest:
+    """The request for ``p``'s scores of ``ids`` (a snapshot: ``ids`` may change after)."""
+    return ScoreRequest(p, tuple(int(t) for t in ids), upto)
+
+
+def answer(request: ScoreRequest) -> Scores:
+    """The scores ``request`` asks for, from the player's own session."""
+    return request.player.score(list(request.ids), upto=request.upto)
+
+
+def served(records: Iterator) -> Iterator:
+    """Drive a mode generator alone: answer each :class:`ScoreRequest` at once from the player's
+    own session; yield the records (and pass on a generator's return value)."""
+    reply = None
+    try:
+        while True:
+            try:
+                item = records.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(item, ScoreRequest):
+                reply = answer(item)
+            else:
+                reply = None
+                yield item
+    finally:
+        records.close()
+
+
+def now(requests: Iterator):
+    """The return value of a generator that only asks for scores (:func:`mismatches`, a turn),
+    each request served at once: for callers outside a mode."""
+    reply = None
+    while True:
+        try:
+            item = requests.send(reply)
+        except StopIteration as stop:
+            return stop.value
+        if not isinstance(item, ScoreRequest):
+            raise TypeError(f"expected only score requests, got {item!r}")
+        reply = answer(item)
 
 
 def unknown_id(lm: LoadedModel) -> int:
@@ -174,8 +240,9 @@ def iteration_end(p: Player, iteration: int, ids: list[int], changes: int, block
                         tuple(sorted(blocked)))
 
 
-def sequential_pass(p: Player, ids: list[int], iteration: int, state: State | None = None) -> Iterator[Step]:
-    """One greedy left-to-right pass; yields each replacement and leaves the result in ``ids``.
+def sequential_pass(p: Player, ids: list[int], iteration: int, state: State | None = None):
+    """One greedy left-to-right pass; yields each replacement (and score requests), leaves the
+    result in ``ids`` and returns how many replacements it made (use with ``yield from``).
 
     Predictions are fetched lazily: right after a change only the changed token
     is forwarded; after agreements the look-ahead doubles, so a pass over an
@@ -186,11 +253,11 @@ def sequential_pass(p: Player, ids: list[int], iteration: int, state: State | No
     text_axis = state is not None and not state.shared_ids
     arr = np.array([ids], dtype=np.int64)
     L = arr.shape[1]
-    valid, chunk, scores = 0, 0, None
+    valid, chunk, scores, made = 0, 0, None, 0
     for i in range(1, L):
         if scores is None or i > valid:
             valid = min(L - 1, i + chunk)
-            scores = p.score(arr[0].tolist(), upto=valid)
+            scores = yield ask(p, arr[0], upto=valid)
         pred = int(scores.argmax[0, i])
         if pred != arr[0, i]:
             edit = None
@@ -201,12 +268,14 @@ def sequential_pass(p: Player, ids: list[int], iteration: int, state: State | No
                     continue
                 edit = moved[2]
             yield _step(p, iteration, i, arr[0, i], scores, edit=edit)
+            made += 1
             arr = arr.copy()
             arr[0, i] = pred
             ids[i] = pred
             valid, chunk = i, 0  # predictions after i are stale now
         else:
             chunk = max(1, 2 * chunk)
+    return made
 
 
 def mismatch_positions(scores: Scores, ids, row: int = 0) -> np.ndarray:
@@ -216,8 +285,9 @@ def mismatch_positions(scores: Scores, ids, row: int = 0) -> np.ndarray:
 
 
 def mismatches(p: Player, ids: list[int]):
-    """Scores of ``ids`` and the positions (>= 1) where the prediction differs from the token."""
-    scores = p.score(ids)
+    """Scores of ``ids`` and the positions (>= 1) where the prediction differs from the token
+    (use with ``yield from``; :func:`now` outside a mode)."""
+    scores = yield ask(p, ids)
     return scores, mismatch_positions(scores, ids)
 
 
@@ -242,8 +312,8 @@ def apply_single(p: Player, scores: Scores, ids: list[int], i: int, iteration: i
 def single_turn(p: Player, scores: Scores, ids: list[int], iteration: int, block_after: int,
                 row: int = 0) -> tuple[Step | None, IterationEnd]:
     """One single-token turn from ``scores``: the highest-entropy unblocked mismatch replaced in
-    ``ids`` (None when there is none), and the iteration's end record. Solo single mode,
-    adversarial-single and the lockstep sweep all move through here."""
+    ``ids`` (None when there is none), and the iteration's end record. Solo single mode and
+    adversarial-single with one vocabulary move through here."""
     i = pick_single(scores, ids, p.blocked, row)
     step = None if i is None else apply_single(p, scores, ids, i, iteration, block_after, row)
     return step, iteration_end(p, iteration, ids, int(step is not None), p.blocked)
@@ -254,15 +324,16 @@ def stuck_status(mismatches_left: int) -> str:
     return "converged" if mismatches_left == 0 else "all-blocked"
 
 
-def _single_turn(p: Player, ids: list[int], iteration: int, block_after: int) -> tuple[Step | None, IterationEnd]:
-    return single_turn(p, p.score(ids), ids, iteration, block_after)
+def _single_turn(p: Player, ids: list[int], iteration: int, block_after: int):
+    scores = yield ask(p, ids)
+    return single_turn(p, scores, ids, iteration, block_after)
 
 
-def text_single_turn(p: Player, state: State, ids: list[int], iteration: int,
-                     block_after: int) -> tuple[Step | None, IterationEnd]:
-    """:func:`single_turn` across tokenizers: positions whose characters are blocked are skipped, and
-    so are moves that would leave a character incomplete (the next-highest entropy is taken)."""
-    scores = p.score(ids)
+def text_single_turn(p: Player, state: State, ids: list[int], iteration: int, block_after: int):
+    """:func:`single_turn` across tokenizers (use with ``yield from``; it returns the step or None,
+    and the iteration's end): positions whose characters are blocked are skipped, and so are moves
+    that would leave a character incomplete (the next-highest entropy is taken)."""
+    scores = yield ask(p, ids)
     view = p.lm.decode(ids)
     spans = token_spans(p.lm, ids, view)  # once per turn: every candidate move reads them
     blocked = state.blocked_positions(spans, block_after)
@@ -288,7 +359,7 @@ def run_sequential(players: list[Player], state: State, config: RunConfig) -> It
     p, max_iter = players[0], config.iterations
     for it in range(1, max_iter + 1):
         ids = state.ids_for(p)
-        steps = yield from _collect(sequential_pass(p, ids, it))
+        steps = yield from sequential_pass(p, ids, it)
         state.update(p, ids)
         yield iteration_end(p, it, ids, steps)
         if steps == 0:
@@ -302,13 +373,14 @@ def run_single(players: list[Player], state: State, config: RunConfig) -> Iterat
     p, max_iter = players[0], config.iterations
     for it in range(1, max_iter + 1):
         ids = state.ids_for(p)
-        step, end = _single_turn(p, ids, it, config.block_after)
+        step, end = yield from _single_turn(p, ids, it, config.block_after)
         if step is not None:
             yield step
             state.update(p, ids)
         yield end
         if step is None:
-            yield RunEnd(stuck_status(mismatches(p, ids)[1].size), it, None, state.text)
+            _, left = yield from mismatches(p, ids)
+            yield RunEnd(stuck_status(left.size), it, None, state.text)
             return
     yield RunEnd("max-iterations", max_iter, None, state.text)
 
@@ -319,7 +391,7 @@ def run_batch(players: list[Player], state: State, config: RunConfig) -> Iterato
     seen = {state.key(): 0}
     for it in range(1, max_iter + 1):
         ids = state.ids_for(p)
-        scores, pos = mismatches(p, ids)
+        scores, pos = yield from mismatches(p, ids)
         for i in pos:
             yield _step(p, it, int(i), ids[i], scores)
             ids[i] = int(scores.argmax[0, i])
@@ -344,7 +416,7 @@ def run_adversarial(players: list[Player], state: State, config: RunConfig) -> I
     for it in range(1, max_iter + 1):
         p = players[(it - 1) % 2]
         ids = state.ids_for(p)
-        steps = yield from _collect(sequential_pass(p, ids, it, state))
+        steps = yield from sequential_pass(p, ids, it, state)
         state.update(p, ids)
         yield iteration_end(p, it, ids, steps)
         quiet = quiet + 1 if steps == 0 else 0
@@ -370,32 +442,26 @@ def run_adversarial_single(players: list[Player], state: State, config: RunConfi
         p = players[(it - 1) % 2]
         ids = state.ids_for(p)
         if shared:
-            step, end = _single_turn(p, ids, it, config.block_after)
+            step, end = yield from _single_turn(p, ids, it, config.block_after)
             if step is not None:
                 state.update(p, ids)
         else:
-            step, end = text_single_turn(p, state, ids, it, config.block_after)
+            step, end = yield from text_single_turn(p, state, ids, it, config.block_after)
         if step is not None:
             yield step
         yield end
         idle = 0 if step is not None else idle + 1
         if idle >= 2:
-            left = sum(mismatches(q, state.ids_for(q))[1].size for q in players)
+            left = 0
+            for q in players:
+                left += (yield from mismatches(q, state.ids_for(q)))[1].size
             yield RunEnd(stuck_status(left), it, None, state.text)
             return
     yield RunEnd("max-iterations", max_iter, None, state.text)
 
 
-def _collect(steps: Iterator[Step]):
-    """Re-yield steps and return how many there were (use with ``yield from``)."""
-    n = 0
-    for s in steps:
-        n += 1
-        yield s
-    return n
-
-
-Runner = Callable[[list[Player], State, RunConfig], Iterator[Record]]
+# A mode's generator yields records and score requests (and is sent the scores back).
+Runner = Callable[[list[Player], State, RunConfig], Generator[Record | ScoreRequest, Scores | None, None]]
 
 # Each mode's generator, by the name tokconv.experiments.config.MODES gives it.
 RUNNERS: dict[str, Runner] = {

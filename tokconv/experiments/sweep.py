@@ -1,11 +1,11 @@
 """Sweeps: a grid of models x modes x lengths x seeds, saved to the store as runs finish.
 
-Independent ``single``-mode runs of one model and length are run in lockstep
-as one batch: every iteration re-scores the rows that changed, each from its own
-change, in as few forward passes as pay off (:class:`tokconv.engine.RowSession`), and each
-row then makes exactly the move it would make alone, so the results are the same
-as one-by-one runs. A stopped sweep
-resumes without redoing finished runs (their settings are already in the store).
+Runs of one mode, model(s) and length, whatever the mode, are run in lockstep, up to
+``max_batch`` at a time (:func:`tokconv.experiments.lockstep.run_lockstep`): each wave
+gathers every run's request for scores into one batched model call per model, each row
+re-forwarded from its own change, and each run then makes exactly the move it would make
+alone, so the results are the same as one-by-one runs. A stopped sweep resumes without
+redoing finished runs (their settings are already in the store).
 """
 
 from __future__ import annotations
@@ -14,18 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Protocol
 
-import numpy as np
-
-from ..engine import RowSession, Scorer
-from ..engine.rows import supported
-from ..models import LoadedModel, load
-from ..models.vocab import random_tokens
-from . import modes
 from .config import RunConfig, SweepSpec
-from .experiment import Experiment, collect, run
-from .records import Record, RunCost, RunEnd, RunResult
+from .experiment import run
+from .lockstep import lockstep_key, run_lockstep
+from .records import RunResult
 
-__all__ = ["RunSink", "SweepProgress", "SweepSpec", "iter_sweep", "run_single_batch", "run_sweep"]
+__all__ = ["RunSink", "SweepProgress", "SweepSpec", "iter_sweep", "run_lockstep", "run_sweep"]
 
 
 class RunSink(Protocol):
@@ -53,64 +47,17 @@ class SweepProgress:
         return None if ran <= 0 else self.elapsed / ran * left
 
 
-def run_single_batch(lm: LoadedModel, configs: list[RunConfig], should_stop: Callable[[], bool] | None = None) -> Iterator[RunResult]:
-    """Run ``single``-mode configs of one model and length in lockstep; yield each result as its row finishes."""
-    starts = [random_tokens(lm, c.length, c.seed) for c in configs]
-    tokens = np.array(starts, dtype=np.int64)  # (B, L)
-    players = [modes.Player(lm, 0, lm.name) for _ in configs]
-    records: list[list[Record]] = [[] for _ in configs]
-    # Rows re-forwarded from their own changes; a shared-offset session where a layer's cache can't be split.
-    session = RowSession(Scorer(lm)) if supported(lm, configs[0].length) else Scorer(lm).session()
-    active = list(range(len(configs)))
-    it = 0
-    while active:
-        if should_stop and should_stop():
-            return
-        it += 1
-        scores = session.score(tokens)
-        for b in list(active):
-            p, c, ids = players[b], configs[b], [int(t) for t in tokens[b]]
-            step, iteration_end = modes.single_turn(p, scores, ids, it, c.block_after, row=b)
-            if step is not None:
-                tokens[b, step.position] = step.new_token
-                records[b].append(step)
-            records[b].append(iteration_end)
-            end = None
-            if step is None:
-                left = modes.mismatch_positions(scores, ids, b).size
-                end = RunEnd(modes.stuck_status(left), it, None, lm.decode(ids))
-            elif it >= c.iterations:
-                end = RunEnd("max-iterations", c.iterations, None, lm.decode(ids))
-            if end is not None:
-                records[b].append(end)
-                active.remove(b)
-                state = modes.State([p], starts[b], shared_ids=True)
-                result = collect(Experiment(c, [p], state, starts[b], state.text), iter(records[b]))
-                share = len(configs)
-                result.cost = RunCost(
-                    forward_passes=session.cost.forward_passes,
-                    forwarded_tokens=session.cost.forwarded_tokens / share,
-                    seconds=session.cost.seconds / share,
-                    wall_seconds=session.cost.seconds / share,
-                    batched_rows=share,
-                )
-                yield result
-
-
 def _groups(configs: Iterable[RunConfig], batch: bool, max_batch: int) -> Iterator[list[RunConfig]]:
-    """Groups to run together, streamed: a grid's runs of one model and length come in a row."""
+    """Groups to run together, streamed: a grid's runs of one mode, model(s) and length come in a row."""
     if not batch:
         yield from ([c] for c in configs)
         return
     pending: list[RunConfig] = []
     for c in configs:
-        if c.mode == "single" and c.start_text is None:
-            if pending and ((c.model_a, c.length) != (pending[0].model_a, pending[0].length) or len(pending) >= max_batch):
-                yield pending
-                pending = []
-            pending.append(c)
-        else:
-            yield [c]
+        if pending and (lockstep_key(c) != lockstep_key(pending[0]) or len(pending) >= max_batch):
+            yield pending
+            pending = []
+        pending.append(c)
     if pending:
         yield pending
 
@@ -153,7 +100,7 @@ def iter_sweep(
         if should_stop and should_stop():
             return
         if len(group) > 1:
-            for r in run_single_batch(load(group[0].model_a), group, should_stop):
+            for r in run_lockstep(group, should_stop=should_stop):
                 yield finished(r)
         else:
             r = run(group[0], should_stop=should_stop)
