@@ -136,3 +136,20 @@ def test_a_foreign_schema_version_is_refused():
 
     with pytest.raises(TokconvError, match="schema version"):
         RunResult.from_json('{"schema_version": 99}')
+
+
+def test_a_capped_text_is_never_cut_inside_a_character():
+    """Across tokenizers each model keeps at most its token count of the start text; where that cut
+    falls inside a character's byte tokens, it falls before the character (no U+FFFD leaks)."""
+    from tiny import ByteTokenizer, UnicodeTokenizer, table_lm
+    from tokconv.experiments.modes import Player, State
+
+    uni = table_lm(np.zeros((300, 300)), "uni", UnicodeTokenizer(300))
+    byt = table_lm(np.zeros((256, 256)), "bytes", ByteTokenizer())
+    players = [Player(uni, 0, "uni"), Player(byt, 1, "bytes")]
+    state = State(players, [ord(c) for c in "abcd"], shared_ids=False)  # the byte model's cap: 4 tokens
+    state.update(players[0], [ord(c) for c in "abcé"])  # 5 bytes now: a cut at 4 splits the é
+    ids = state.ids_for(players[1])
+    assert byt.decode(ids) == "abc"
+    state.update(players[0], [ord(c) for c in "abcd"])  # fits again: nothing cut
+    assert byt.decode(state.ids_for(players[1])) == "abcd"

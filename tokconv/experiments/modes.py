@@ -183,7 +183,14 @@ class State:
             return list(self.ids)
         cached = self._encoded.get(p.index)
         if cached is None or cached[0] != self.text:
-            cached = (self.text, p.lm.encode(self.text)[: self.caps[p.index]])
+            ids = p.lm.encode(self.text)
+            if len(ids) > self.caps[p.index]:
+                ids = ids[: self.caps[p.index]]
+                # a cut inside one character's byte tokens would decode to U+FFFD and put it into
+                # the shared text: cut before that character instead
+                while len(ids) > 1 and not self.text.startswith(p.lm.decode(ids)):
+                    ids.pop()
+            cached = (self.text, ids)
             self._encoded[p.index] = cached
         return list(cached[1])
 
