@@ -152,3 +152,42 @@ def test_notice_names_compact_weights_and_the_switch_turns_them_off(off):
     else:
         assert out["active"] and out["report"] == 211
         assert "compact 8-bit weights" in out["notice"] and "TOKCONV_NO_COMPACT=1" in out["notice"]
+
+
+def test_compact_forms_are_cached_on_disk_and_a_damaged_file_is_rebuilt(tmp_path):
+    """A conversion's compact forms are written once and memory-mapped later; a file that does
+    not match its matrix (damaged, or another model's) is fitted and written again."""
+    import mlx.core as mx
+
+    w, _ = _rows("smollm2-135m", "blk.0.ffn_down.weight", rows=64)
+    arr = mx.array(w)
+    x = np.random.default_rng(0).standard_normal((3, w.shape[1])).astype(np.float32)
+    want = x.astype(np.float64) @ w.T.astype(np.float64)
+
+    class Holder:  # compact forms live as long as their model
+        pass
+
+    def register() -> tuple[Holder, np.ndarray]:
+        holder = Holder()
+        report = compact.compact_model(holder, [("down", arr)], tmp_path)
+        assert report.compact == 1
+        return holder, compact.gemm(x, np.asarray(arr))
+
+    holder, got = register()
+    files = list((tmp_path / compact.CACHE_FORMAT).glob("down.*.bin"))
+    assert len(files) == 1 and files[0].stat().st_size == w.size * 3 // 2
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    del holder
+    gc.collect()
+    first = files[0].stat().st_mtime_ns
+    holder, got = register()  # from the file: not written again
+    assert files[0].stat().st_mtime_ns == first
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    del holder
+    gc.collect()
+    damaged = bytearray(files[0].read_bytes())
+    damaged[len(damaged) // 2 : len(damaged) // 2 + 4096] = bytes(4096)  # zeros over some blocks
+    files[0].write_bytes(bytes(damaged))
+    holder, got = register()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert files[0].read_bytes() != bytes(damaged)

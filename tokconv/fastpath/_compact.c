@@ -56,6 +56,7 @@ struct slot {
   int n, k;
   struct block *blocks; /* [n / 16][k / 16] */
   size_t bytes;
+  int owned; /* mapped here (unmapped on remove), or the caller's (a memory-mapped cache file) */
 };
 
 #define SLOTS 16384
@@ -84,7 +85,7 @@ static float fabsf_(float x) { return x < 0 ? -x : x; }
 /* Fit v[0..15] as offset + scale * q, q in 0..255; 0 on success: every value reproduced within 4
  * float32 ulps of the group's largest magnitude. The grid step is the smallest gap between two
  * values divided by 1..16 (a group need not hold two neighbouring levels). */
-static int fit_group(const float *v, uint8_t *q, float *scale, float *offset) {
+__attribute__((unused)) static int fit_group_scalar(const float *v, uint8_t *q, float *scale, float *offset) {
   float lo = v[0], hi = v[0];
   for (int i = 1; i < G; i++) {
     lo = v[i] < lo ? v[i] : lo;
@@ -97,21 +98,25 @@ static int fit_group(const float *v, uint8_t *q, float *scale, float *offset) {
     memset(q, 0, G);
     return 0;
   }
-  float gap = hi - lo; /* the smallest gap between two distinct values */
-  for (int i = 0; i < G; i++)
-    for (int j = 0; j < G; j++) {
-      float d = v[i] - v[j];
-      if (d > tol && d < gap) gap = d;
-    }
+  float sorted[G]; /* insertion sort: the smallest gap between two distinct values is between neighbours */
+  for (int i = 0; i < G; i++) {
+    int j = i;
+    for (; j > 0 && sorted[j - 1] > v[i]; j--) sorted[j] = sorted[j - 1];
+    sorted[j] = v[i];
+  }
+  float gap = hi - lo;
+  for (int i = 1; i < G; i++) {
+    float d = sorted[i] - sorted[i - 1];
+    if (d > tol && d < gap) gap = d;
+  }
   for (int div = 1; div <= 16; div++) {
-    float s = gap / div;
-    float top = __builtin_roundf((hi - lo) / s);
+    float top = __builtin_rintf((hi - lo) / (gap / div));
     if (top > 255) break;
-    s = (hi - lo) / top; /* the step from the whole span: one rounding instead of one per level */
+    float s = (hi - lo) / top; /* the step from the whole span: one rounding instead of one per level */
+    float inv = 1.0f / s;
     int ok = 1;
     for (int i = 0; i < G && ok; i++) {
-      float r = (v[i] - lo) / s;
-      float qi = __builtin_roundf(r);
+      float qi = __builtin_rintf((v[i] - lo) * inv);
       if (qi < 0 || qi > 255 || fabsf_(lo + s * qi - v[i]) > tol) ok = 0;
       q[i] = (uint8_t)qi;
     }
@@ -123,12 +128,55 @@ static int fit_group(const float *v, uint8_t *q, float *scale, float *offset) {
   return 1;
 }
 
-/* Build the compact form of the row-major n x k matrix `w`; 0 on success, 5 when some group of
- * 16 values is not on an 8-bit grid (the matrix stays on BLAS), 6 for a shape it does not take. */
-static int compact_matrix(const float *w, int n, int k, struct block *out) {
-  if (n % G || k % G) return 6;
+#if defined(__AVX512F__)
+/* fit_group_scalar in one AVX-512 register: no sort, no branches per value (loading a model
+ * fits every group of 16 weights once, so this decides the load time). */
+static int fit_group(const float *v, uint8_t *q, float *scale, float *offset) {
+  __m512 x = _mm512_loadu_ps(v);
+  float lo = _mm512_reduce_min_ps(x), hi = _mm512_reduce_max_ps(x);
+  float big = fabsf_(lo) > fabsf_(hi) ? fabsf_(lo) : fabsf_(hi);
+  float tol = big * 4 * 1.1920929e-7f;
+  if (hi == lo) {
+    *scale = 0, *offset = lo;
+    memset(q, 0, G);
+    return 0;
+  }
+  /* the smallest gap between two distinct values: against every rotation of the group */
+  __m512 vtol = _mm512_set1_ps(tol), gaps = _mm512_set1_ps(hi - lo);
+  __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  for (int r = 1; r < G; r++) {
+    __m512i idx = _mm512_and_epi32(_mm512_add_epi32(iota, _mm512_set1_epi32(r)), _mm512_set1_epi32(G - 1));
+    __m512 d = _mm512_abs_ps(_mm512_sub_ps(x, _mm512_permutexvar_ps(idx, x)));
+    gaps = _mm512_mask_min_ps(gaps, _mm512_cmp_ps_mask(d, vtol, _CMP_GT_OQ), gaps, d);
+  }
+  float gap = _mm512_reduce_min_ps(gaps);
+  __m512 vlo = _mm512_set1_ps(lo);
+  for (int div = 1; div <= 16; div++) {
+    float top = __builtin_rintf((hi - lo) / (gap / div));
+    if (top > 255) break;
+    float s = (hi - lo) / top;
+    __m512 vs = _mm512_set1_ps(s);
+    __m512 qi = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_sub_ps(x, vlo), _mm512_set1_ps(1.0f / s)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 err = _mm512_abs_ps(_mm512_sub_ps(_mm512_fmadd_ps(vs, qi, vlo), x));
+    __mmask16 bad = _mm512_cmp_ps_mask(err, vtol, _CMP_GT_OQ) | _mm512_cmp_ps_mask(qi, _mm512_setzero_ps(), _CMP_LT_OQ) |
+                    _mm512_cmp_ps_mask(qi, _mm512_set1_ps(255), _CMP_GT_OQ);
+    if (bad == 0) {
+      _mm_storeu_si128((__m128i *)q, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(qi)));
+      *scale = s, *offset = lo;
+      return 0;
+    }
+  }
+  return 1;
+}
+#else
+#define fit_group fit_group_scalar
+#endif
+
+/* Build block columns [nb0, nb1) of the compact form of the row-major n x k matrix `w`. */
+static int compact_columns(const float *w, int k, int nb0, int nb1, struct block *out) {
   int kb = k / G;
-  for (int nb = 0; nb < n / G; nb++) {
+  for (int nb = nb0; nb < nb1; nb++) {
     for (int g = 0; g < kb; g++) {
       struct block *blk = &out[(size_t)nb * kb + g];
       for (int nn = 0; nn < G; nn++) {
@@ -139,6 +187,43 @@ static int compact_matrix(const float *w, int n, int k, struct block *out) {
     }
   }
   return 0;
+}
+
+struct build_part {
+  const float *w;
+  int k, nb0, nb1, rc;
+  struct block *out;
+};
+
+static void *build_part_run(void *arg) {
+  struct build_part *p = arg;
+  p->rc = compact_columns(p->w, p->k, p->nb0, p->nb1, p->out);
+  return NULL;
+}
+
+/* Build the compact form of the row-major n x k matrix `w` on `threads` threads; 0 on success, 5
+ * when some group of 16 values is not on an 8-bit grid (the matrix stays on BLAS), 6 for a shape
+ * it does not take. */
+static int compact_matrix(const float *w, int n, int k, struct block *out, int threads) {
+  if (n % G || k % G) return 6;
+  int nbs = n / G;
+  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  if (threads < 2 || (size_t)n * k < ((size_t)1 << 20)) return compact_columns(w, k, 0, nbs, out);
+  struct build_part parts[MAX_THREADS];
+  pthread_t ids[MAX_THREADS];
+  int started[MAX_THREADS] = {0};
+  for (int t = 0; t < threads; t++) {
+    parts[t] = (struct build_part){w, k, (int)((long long)nbs * t / threads), (int)((long long)nbs * (t + 1) / threads), 0, out};
+    if (t > 0) started[t] = pthread_create(&ids[t], NULL, build_part_run, &parts[t]) == 0;
+    if (t > 0 && !started[t]) build_part_run(&parts[t]);
+  }
+  build_part_run(&parts[0]);
+  int rc = parts[0].rc;
+  for (int t = 1; t < threads; t++) {
+    if (started[t]) pthread_join(ids[t], NULL);
+    if (parts[t].rc) rc = parts[t].rc;
+  }
+  return rc;
 }
 
 /* ---- the product ------------------------------------------------------------------------- */
@@ -315,21 +400,8 @@ int tokconv_compact_get_max_rows(void) { return max_rows; }
 void tokconv_compact_set_threads(int n) { n_threads = n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : n; }
 int tokconv_compact_get_threads(void) { return n_threads; }
 
-/* Register the row-major n x k float32 matrix at `b` (for products x @ b.T). 0 on success, -1 if
- * already there, 3 out of memory, 4 table full, 5 not on an 8-bit grid, 6 shape not a multiple of 16. */
-int tokconv_compact_add(const float *b, int n, int k) {
-  if (b == NULL || b == TOMBSTONE || n <= 0 || k <= 0) return 6;
-  size_t bytes = (size_t)(n / G) * (k / G) * sizeof(struct block);
-  if (n % G || k % G) return 6;
-  bytes = (bytes + 4095) / 4096 * 4096;
-  void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (mem == MAP_FAILED) return 3;
-  if (bytes >= ((size_t)2 << 20)) madvise(mem, bytes, MADV_HUGEPAGE);
-  int rc = compact_matrix(b, n, k, (struct block *)mem);
-  if (rc != 0) {
-    munmap(mem, bytes);
-    return rc;
-  }
+static int insert(const float *b, int n, int k, struct block *blocks, size_t bytes, int owned) {
+  int rc = 0;
   pthread_rwlock_wrlock(&table_lock);
   if (find(b) != NULL) {
     rc = -1;
@@ -339,11 +411,66 @@ int tokconv_compact_add(const float *b, int n, int k) {
     if (seen >= SLOTS) {
       rc = 4;
     } else {
-      table[i] = (struct slot){b, n, k, (struct block *)mem, bytes};
+      table[i] = (struct slot){b, n, k, blocks, bytes, owned};
       compact_bytes += bytes;
     }
   }
   pthread_rwlock_unlock(&table_lock);
+  return rc;
+}
+
+/* Bytes of the compact form of an n x k matrix (0 for a shape it does not take). */
+long long tokconv_compact_size(int n, int k) {
+  if (n <= 0 || k <= 0 || n % G || k % G) return 0;
+  return (long long)(n / G) * (k / G) * (long long)sizeof(struct block);
+}
+
+/* Build the compact form of the row-major n x k float32 matrix at `b` into `out` (size above).
+ * 0 on success, 5 not on an 8-bit grid, 6 shape not a multiple of 16. */
+int tokconv_compact_build(const float *b, int n, int k, void *out) {
+  if (tokconv_compact_size(n, k) == 0 || b == NULL) return 6;
+  return compact_matrix(b, n, k, (struct block *)out, n_threads);
+}
+
+/* Check `samples` groups of `blocks` (spread over the matrix) against the float32 matrix `b`: 0
+ * when each reproduces its 16 weights within 4 ulps, 1 otherwise (a stale or damaged cache file). */
+int tokconv_compact_verify(const float *b, int n, int k, const void *blocks, int samples) {
+  if (tokconv_compact_size(n, k) == 0) return 1;
+  const struct block *bl = blocks;
+  int kb = k / G;
+  size_t groups = (size_t)n * kb, step = groups / (samples > 0 ? samples : 1);
+  if (step == 0) step = 1;
+  for (size_t i = 0; i < groups; i += step) {
+    size_t row = i / kb, g = i % kb;
+    const struct block *blk = &bl[(row / G) * kb + g];
+    int nn = (int)(row % G);
+    for (int kk = 0; kk < G; kk++) {
+      float want = b[row * k + g * G + kk];
+      float got = blk->offset[nn] + blk->scale[nn] * blk->q[kk][nn];
+      float big = fabsf_(blk->offset[nn]) + fabsf_(blk->scale[nn]) * 255;
+      if (!(fabsf_(got - want) <= big * 8 * 1.1920929e-7f)) return 1;
+    }
+  }
+  return 0;
+}
+
+/* Register `b` with a compact form the caller built (tokconv_compact_build) and keeps alive until
+ * tokconv_compact_remove: a memory-mapped cache file. Same answers as tokconv_compact_add. */
+int tokconv_compact_add_built(const float *b, int n, int k, void *blocks) {
+  if (tokconv_compact_size(n, k) == 0 || b == NULL || b == TOMBSTONE || blocks == NULL) return 6;
+  return insert(b, n, k, (struct block *)blocks, (size_t)tokconv_compact_size(n, k), 0);
+}
+
+/* Register the row-major n x k float32 matrix at `b` (for products x @ b.T). 0 on success, -1 if
+ * already there, 3 out of memory, 4 table full, 5 not on an 8-bit grid, 6 shape not a multiple of 16. */
+int tokconv_compact_add(const float *b, int n, int k) {
+  if (b == NULL || b == TOMBSTONE || tokconv_compact_size(n, k) == 0) return 6;
+  size_t bytes = ((size_t)tokconv_compact_size(n, k) + 4095) / 4096 * 4096;
+  void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) return 3;
+  if (bytes >= ((size_t)2 << 20)) madvise(mem, bytes, MADV_HUGEPAGE);
+  int rc = compact_matrix(b, n, k, (struct block *)mem, n_threads);
+  if (rc == 0) rc = insert(b, n, k, (struct block *)mem, bytes, 1);
   if (rc != 0) munmap(mem, bytes);
   return rc;
 }
@@ -355,11 +482,11 @@ int tokconv_compact_remove(const float *b) {
   struct slot gone = {0};
   if (s != NULL) {
     gone = *s;
-    *s = (struct slot){TOMBSTONE, 0, 0, NULL, 0};
+    *s = (struct slot){TOMBSTONE, 0, 0, NULL, 0, 0};
     compact_bytes -= gone.bytes;
   }
   pthread_rwlock_unlock(&table_lock);
-  if (gone.blocks != NULL) munmap(gone.blocks, gone.bytes);
+  if (gone.blocks != NULL && gone.owned) munmap(gone.blocks, gone.bytes);
   return s == NULL;
 }
 

@@ -45,7 +45,7 @@ def setup_blas(warnings: list[str]) -> str | None:
             errors.append(f"{label}: {str(exc).strip()[:200]}")
             continue
         if sgemm_provider():
-            packed = f" with packed weights (<= {packing.row_limit()} rows)" if packing.loaded() else ""
+            packed = f" with packed weights (<= {packing.row_limit()} rows)" if packing.loaded() and packing.packs_enabled() else ""
             if hook_compact():
                 packed += (f", compact 8-bit weights (<= {compact.row_limit()} rows;"
                            " TOKCONV_NO_COMPACT=1 turns them off)")

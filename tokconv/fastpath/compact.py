@@ -67,6 +67,11 @@ def library() -> ctypes.CDLL | None:
     lib.tokconv_compact_add.argtypes = [p, i, i]
     lib.tokconv_compact_remove.argtypes = [p]
     lib.tokconv_compact_gemm.argtypes = [i, i, i, p, i, p, ctypes.c_float, p, i, i]
+    lib.tokconv_compact_size.argtypes = [i, i]
+    lib.tokconv_compact_size.restype = ctypes.c_longlong
+    lib.tokconv_compact_build.argtypes = [p, i, i, p]
+    lib.tokconv_compact_add_built.argtypes = [p, i, i, p]
+    lib.tokconv_compact_verify.argtypes = [p, i, i, p, i]
     lib.tokconv_compact_set_max_rows(row_limit())
     _lib = lib
     return lib
@@ -171,24 +176,38 @@ class CompactReport:
     refused: tuple[str, ...] = ()  # "name: reason" for matrices left on BLAS
 
 
-def compact_model(model: Any, weights: list[tuple[str, Any]]) -> CompactReport | None:
+# The cache folder's name: bump when struct block in _compact.c changes.
+CACHE_FORMAT = "compact-v1"
+
+
+def compact_model(model: Any, weights: list[tuple[str, Any]], cache: Path | None = None) -> CompactReport | None:
     """Register ``model``'s float32 matmul ``weights`` ((name, mx.array) pairs); the compact forms
-    live as long as the model. None where compact weights are off or not hooked in."""
+    live as long as the model. None where compact weights are off or not hooked in.
+
+    With ``cache`` (a folder the caller owns, beside converted weights), each compact form is
+    written there once and memory-mapped on later loads, instead of being fitted again."""
     if not active():
         return None
     import mlx.core as mx  # not at import: this module loads during setup, before MLX may
 
-    held: list[tuple[np.ndarray, Any]] = []  # (view, array): the array keeps the memory alive
+    held: list[tuple[np.ndarray, Any, Any]] = []  # (view, array, mapped file): the array keeps the memory alive
     refused: list[str] = []
     n_weights = n_bytes = 0
+    folder = cache / CACHE_FORMAT if cache is not None else None
     for name, w in weights:
         if w.dtype != mx.float32 or w.ndim != 2:
             continue
         mx.eval(w)
         view = np.asarray(w)  # zero-copy: the address MLX hands to cblas_sgemm
-        rc = add(view) if view.flags.c_contiguous else 6
+        mapped = None
+        if not view.flags.c_contiguous:
+            rc = 6
+        elif folder is not None:
+            rc, mapped = _add_cached(view, folder / f"{name}.{view.shape[0]}x{view.shape[1]}.bin")
+        else:
+            rc = add(view)
         if rc == 0:
-            held.append((view, w))
+            held.append((view, w, mapped))
             n_weights += view.size
             n_bytes += view.size * 3 // 2
         elif rc != -1:
@@ -198,7 +217,38 @@ def compact_model(model: Any, weights: list[tuple[str, Any]]) -> CompactReport |
     return CompactReport(len(weights), len(held), n_weights, n_bytes, tuple(refused))
 
 
-def _release(held: list[tuple[np.ndarray, Any]]) -> None:
-    for view, _ in held:
-        remove(view)
+def _add_cached(view: np.ndarray, path: Path, again: bool = True) -> tuple[int, np.ndarray | None]:
+    """Register ``view`` from its cache file, building and writing the file first if needed.
+    Falls back to :func:`add` where the cache cannot be written (read-only folder, full disk)."""
+    lib = library()
+    if lib is None:
+        return 7, None
+    n, k = view.shape
+    size = int(lib.tokconv_compact_size(n, k))
+    if size == 0:
+        return 6, None
+    if not (path.is_file() and path.stat().st_size == size):
+        blocks = np.empty(size, dtype=np.uint8)
+        rc = int(lib.tokconv_compact_build(view.ctypes.data, n, k, blocks.ctypes.data))
+        if rc != 0:
+            return rc, None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            blocks.tofile(tmp)
+            os.replace(tmp, path)  # whole or absent: a killed load leaves no half file under the name
+        except OSError:
+            return add(view), None
+    mapped = np.memmap(path, dtype=np.uint8, mode="r")
+    if lib.tokconv_compact_verify(view.ctypes.data, n, k, mapped.ctypes.data, 4096) != 0:
+        del mapped  # not this matrix's compact form (a damaged or foreign file): build it again
+        path.unlink(missing_ok=True)
+        return _add_cached(view, path, again=False) if again else (add(view), None)
+    rc = int(lib.tokconv_compact_add_built(view.ctypes.data, n, k, mapped.ctypes.data))
+    return rc, mapped if rc == 0 else None
+
+
+def _release(held: list[tuple[np.ndarray, Any, Any]]) -> None:
+    for view, _, _ in held:
+        remove(view)  # before the mapped file can be closed
     held.clear()

@@ -22,6 +22,7 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import compact, packing, threads
@@ -75,7 +76,7 @@ def use_fp32_weights() -> bool:
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
-def prepare_model(model: Any, dtype: str = "auto") -> compact.CompactReport | None:
+def prepare_model(model: Any, dtype: str = "auto", cache: Path | None = None) -> compact.CompactReport | None:
     """Ready a freshly loaded mlx-lm model for this device (once per load).
 
     ``auto``: on Linux CPU dequantized float32 weights (quantized and half-precision matmuls are
@@ -83,7 +84,8 @@ def prepare_model(model: Any, dtype: str = "auto") -> compact.CompactReport | No
     runs weights and activations in that precision on every device (half precision on a CPU is
     several times slower). On a CPU the vectorised attention softmax and table RoPE go in, and
     float32 weights get compact copies for short calls (:mod:`.compact`; returned: what it did)
-    and MKL's packed copies where available.
+    and MKL's packed copies where available. ``cache``: a folder of the caller's where compact
+    forms are kept between loads (:func:`.compact.compact_model`).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -106,7 +108,8 @@ def prepare_model(model: Any, dtype: str = "auto") -> compact.CompactReport | No
 
         kernels.install()
         kernels.use_table_rope(model)
-    report = compact.compact_model(model, packing.named_matmul_weights(model))
+    with threads.compute(1):  # every core builds the compact forms
+        report = compact.compact_model(model, packing.named_matmul_weights(model), cache)
     packing.pack_model(model)
     return report
 

@@ -20,6 +20,7 @@ from mlx_lm.utils import load_tokenizer
 
 from .. import fastpath
 from ..errors import ModelNotFound, TokconvError
+from ..paths import models_dir
 from .resolve import ProgressFn, resolve
 
 
@@ -104,7 +105,8 @@ def load(spec: str, progress: ProgressFn | None = None, dtype: str = "auto") -> 
                 f"mlx-lm could not load the model folder {path}: {exc}",
                 "if tokconv made this folder, delete it to convert again; otherwise check it was made by mlx_lm.convert",
             ) from exc
-        compact = fastpath.prepare_model(model, dtype)  # fp32 weights, kernels, compact weights, packs on Linux CPU
+        # fp32 weights, kernels, compact weights (kept beside tokconv's own conversions), packs on Linux CPU
+        compact = fastpath.prepare_model(model, dtype, path if path.parent == models_dir() else None)
         vocab_size = int(model.args.vocab_size) if hasattr(model, "args") else len(tokenizer.vocab)
         loaded = LoadedModel(
             name=facts["name"],
