@@ -152,12 +152,9 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from gemm_ceiling import measure
 
-    try:
-        import torch  # noqa: F401
+    import importlib.util
 
-        have_torch = True
-    except ImportError:
-        have_torch = False
+    have_torch = importlib.util.find_spec("torch") is not None
     results: dict = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "python": platform.python_version(),

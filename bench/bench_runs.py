@@ -10,11 +10,49 @@ keeping a core busy during its warm runs (a dashboard shares its cores with a br
     .venv/bin/python bench/bench_runs.py --baseline ../old-checkout --rounds 3
 
 Writes bench/results/runs.json and prints a markdown table for BENCHMARKS.md.
+
+Peers (issue #17): with ``--peers`` the same runs are also made, in the same invocation and rounds,
+by the same algorithm written plainly on other engines over the same GGUF files (bench/peer_runs.py,
+run with ``--peer-python``, an interpreter that has them; tokconv's venv must never get them):
+
+- ``torch``: PyTorch 2.13 CPU + transformers 5.23, float32, whole sequence forwarded every call
+  (no KV cache): full re-scoring after every replacement, as the original experiment did;
+- ``llamacpp``: llama.cpp through llama-cpp-python, ``logits_all=True``, 2 threads, the GGUF's
+  quantized weights, full re-scoring (``reset()`` + ``eval()`` of the whole sequence);
+- ``llamacpp-kv``: the same keeping llama.cpp's KV cache for the common prefix with the previous call.
+
+Each round runs tokconv first; its start tokens (tokconv's ``random_tokens`` for each seed, and
+seed+1000 for the fresh run) are handed to the peers, so all start from the same text. The table
+gives, per run and engine, warm and fresh seconds, model calls, forwarded tokens and tokconv's
+speedup; a second table gives the memory floor: the weight bytes one call reads (float32 for
+tokconv and PyTorch, the stored quantized bytes for llama.cpp) times the calls of the run, over the
+memory bandwidth measured in this invocation (numpy streaming reads of a 1 GiB array: ``max`` on 1
+and 2 threads, ``dot``; the highest rate).
+
+Setup of the peers' interpreter (once; a separate venv, torch from the local CPU wheel):
+
+    python3 -m venv /work/peers-venv
+    /work/peers-venv/bin/pip install torch==2.13.0 transformers==5.23.0 gguf==0.19.0 accelerate
+    CMAKE_BUILD_PARALLEL_LEVEL=2 CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF \
+        -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX_VNNI=ON \
+        -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
+        -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+        /work/peers-venv/bin/pip install llama-cpp-python==0.3.36    # builds llama.cpp from the sdist (~15 min)
+
+(``-DGGML_NATIVE=ON`` builds fine but dies with SIGILL on the first ``eval``: these VMs' CPUs list AMX,
+and ggml's AMX matmul runs ``tilezero``, which the guest may not execute. The flags above are
+-march=native without AMX; on a machine without AVX-512, drop the AVX512 ones.)
+
+Then:
+
+    .venv/bin/python bench/bench_runs.py --rounds 1 --seeds 0,1 \
+        --peers torch,llamacpp,llamacpp-kv --peer-python /work/peers-venv/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -32,18 +70,25 @@ RUNS = [
     ("SmolLM2 vs Qwen adversarial-single, L=20 (default battle)", "adversarial-single", "smollm2-135m", "qwen2.5-coder-0.5b", 20),
     ("SmolLM2 vs Qwen adversarial, L=20", "adversarial", "smollm2-135m", "qwen2.5-coder-0.5b", 20),
 ]
+PEERS = ("torch", "llamacpp", "llamacpp-kv")
+ITERATIONS = 300
 
 
 def _api():
-    """run() and RunConfig of whichever tokconv is on the path (the layout changed over time)."""
-    import tokconv  # noqa: F401  (the fast path before MLX)
+    """run() and RunConfig of whichever tokconv is on the path (the layout changed over time), and
+    prepare/collect where they exist (per-model call counts)."""
+    importlib.import_module("tokconv")  # the fast path before MLX
 
     try:
         from tokconv.experiments import RunConfig, run
     except ImportError:  # a checkout from before the package had floors
         from tokconv.experiment import run
         from tokconv.records import RunConfig
-    return RunConfig, run
+    try:
+        from tokconv.experiments import collect, prepare
+    except ImportError:
+        collect = prepare = None
+    return RunConfig, run, prepare, collect
 
 
 def _cost(r, name: str) -> float:
@@ -51,40 +96,125 @@ def _cost(r, name: str) -> float:
     return float(c[name] if isinstance(c, dict) else getattr(c, name))
 
 
+def _one(api, config) -> dict:
+    """One run: seconds, iterations, calls (also per model where the tree tells), tokens, status, start."""
+    RunConfig, run, prepare, collect = api
+    t0 = time.perf_counter()
+    by_model = None
+    if prepare is not None:
+        exp = prepare(config)
+        r = collect(exp, exp.records())
+        by_model = {name: p.session.cost.forward_passes for name, p in zip(config.models, exp.players)}
+    else:
+        r = run(config)
+    sec = time.perf_counter() - t0
+    out = {"seconds": sec, "iterations": r.iterations, "calls": _cost(r, "forward_passes"),
+           "tokens": _cost(r, "forwarded_tokens"), "status": r.status, "start": [int(t) for t in r.start_tokens]}
+    if by_model is not None:
+        out["calls_by_model"] = by_model
+    return out
+
+
 def worker(index: int, seeds: list[int], busy: bool = False) -> dict:
     """One configuration: the first run cold in this process (models load), then warm runs per seed
     (with ``busy``, while another process spins on one core)."""
     label, mode, a, b, length = RUNS[index]
-    RunConfig, run = _api()
+    api = _api()
+    RunConfig = api[0]
+
+    def config(seed: int):
+        return RunConfig(mode=mode, model_a=a, model_b=b, length=length, seed=seed, iterations=ITERATIONS)
+
     out = {"label": label, "warm": []}
-    t0 = time.perf_counter()
-    run(RunConfig(mode=mode, model_a=a, model_b=b, length=length, seed=seeds[0] + 1000, iterations=300))
-    out["fresh_s"] = time.perf_counter() - t0
+    fresh = _one(api, config(seeds[0] + 1000))
+    out["fresh_s"], out["fresh"] = fresh["seconds"], fresh
+    out["fresh"]["seed"] = seeds[0] + 1000
+    try:
+        from tokconv.models.catalog import get_entry
+
+        out["gguf"] = {m: str(get_entry(m).gguf_path()) for m in filter(None, (a, b))}
+    except Exception:  # an old checkout, or a model outside the catalog: peers then cannot run
+        pass
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
-        _warm(out, run, RunConfig, mode, a, b, length, seeds)
+        for seed in seeds:
+            out["warm"].append({"seed": seed, **_one(api, config(seed))})
     finally:
         if hog is not None:
             hog.kill()
     return out
 
 
-def _warm(out: dict, run, RunConfig, mode: str, a: str, b: str | None, length: int, seeds: list[int]) -> None:
-    for seed in seeds:
-        t0 = time.perf_counter()
-        r = run(RunConfig(mode=mode, model_a=a, model_b=b, length=length, seed=seed, iterations=300))
-        out["warm"].append({"seed": seed, "seconds": time.perf_counter() - t0, "iterations": r.iterations,
-                            "calls": _cost(r, "forward_passes"), "tokens": _cost(r, "forwarded_tokens"),
-                            "status": r.status})
+def _last_json(proc: subprocess.CompletedProcess) -> dict:
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _spawn(tree: Path, index: int, seeds: str, busy: bool = False) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, str(HERE / "bench_runs.py"), "--worker", str(index), "--seeds", seeds] + ["--busy"] * busy
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, cwd=tree)
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _last_json(subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, cwd=tree))
+
+
+def _spawn_peer(python: str, engine: str, index: int, tokconv_result: dict, timeout: int) -> dict:
+    """The peer worker (bench/peer_runs.py under ``python``) on the start tokens tokconv used."""
+    _, mode, a, b, _ = RUNS[index]
+    if "error" in tokconv_result or "gguf" not in tokconv_result:
+        return {"error": "no start tokens or GGUF paths: the tokconv worker of this round failed"}
+    fresh = tokconv_result["fresh"]
+    starts = [{"seed": fresh["seed"], "tokens": fresh["start"]}] + [
+        {"seed": w["seed"], "tokens": w["start"]} for w in tokconv_result["warm"]]
+    names = [m for m in (a, b) if m]
+    cmd = [python, str(HERE / "peer_runs.py"), "--engine", engine, "--mode", mode, "--names", ",".join(names),
+           "--model-a", tokconv_result["gguf"][a], "--starts", json.dumps(starts), "--iterations", str(ITERATIONS)]
+    if b:
+        cmd += ["--model-b", tokconv_result["gguf"][b]]
+    env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", TQDM_DISABLE="1")
+    env.pop("PYTHONPATH", None)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    return _last_json(proc)
+
+
+def measure_bandwidth(gib: float = 1.0, reps: int = 5, threads: int = 2) -> dict:
+    """Memory read bandwidth over a ``gib`` GiB float64 array, best of ``reps``: ``np.max`` (a SIMD
+    reduction, so memory-bound, unlike ``np.sum``'s pairwise sum) on one thread and on ``threads``
+    threads each reducing its own slice (numpy releases the GIL), and ``np.dot(a, a)`` (BLAS). The
+    highest, ``read_gb_s``, sets the memory floor. The copy rate (bytes read + written) for reference."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    a = np.ones(int(gib * (1 << 30)) // 8)
+    b = np.empty_like(a)
+    parts = np.array_split(a, threads)
+    best: dict[str, float] = {}
+    with ThreadPoolExecutor(threads) as pool:
+        tests = {"max_1thread": a.max, f"max_{threads}threads": lambda: max(pool.map(np.max, parts)),
+                 "dot": lambda: np.dot(a, a), "copy": lambda: np.copyto(b, a)}
+        for _ in range(reps):
+            for key, fn in tests.items():
+                t0 = time.perf_counter()
+                fn()
+                best[key] = min(best.get(key, float("inf")), time.perf_counter() - t0)
+    rates = {f"{k}_gb_s": (2 if k == "copy" else 1) * a.nbytes / t / 1e9 for k, t in best.items()}
+    return {"read_gb_s": max(v for k, v in rates.items() if not k.startswith("copy")), **rates, "array_gib": gib}
+
+
+def weight_bytes(path: str) -> dict:
+    """Bytes of weights one model call reads: the output projection and every layer, not the input
+    embedding table (only its rows are gathered) unless it doubles as the output projection (tied).
+    ``float32``: at 4 bytes per weight (tokconv and PyTorch hold float32 on a CPU); ``stored``: the
+    GGUF's own (quantized) bytes, what llama.cpp reads."""
+    from gguf import GGUFReader
+
+    tensors = {t.name: (int(t.n_elements), int(t.n_bytes)) for t in GGUFReader(path).tensors}
+    skip = {"token_embd.weight"} if "output.weight" in tensors else set()
+    kept = [v for k, v in tensors.items() if k not in skip]
+    return {"float32": 4 * sum(n for n, _ in kept), "stored": sum(b for _, b in kept)}
 
 
 def main() -> None:
@@ -95,44 +225,112 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, default=None, metavar="CHECKOUT", help="also run this checkout of another commit")
     ap.add_argument("--only", default=None, help="comma list of configuration numbers (0-based) to run")
     ap.add_argument("--busy", action="store_true", help="also run this tree with a competing process busy on one core")
+    ap.add_argument("--peers", default="", help=f"comma list of peer engines to run too: {', '.join(PEERS)}")
+    ap.add_argument("--peer-python", default=None, metavar="PATH",
+                    help="interpreter with torch/transformers/llama-cpp-python for the peers (never tokconv's venv)")
+    ap.add_argument("--peer-timeout", type=int, default=3600, help="seconds one peer worker may take (default 3600)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "runs.json")
     args = ap.parse_args()
     if args.worker is not None:
         print(json.dumps(worker(args.worker, [int(s) for s in args.seeds.split(",")], args.busy)))
         return
+    peers = [p for p in args.peers.split(",") if p]
+    if any(p not in PEERS for p in peers):
+        ap.error(f"--peers takes {', '.join(PEERS)}")
+    if peers and not args.peer_python:
+        ap.error("--peers needs --peer-python PATH (an interpreter with the peers' packages)")
     trees = {"tokconv": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
     runs = {name: (tree, False) for name, tree in trees.items()} | ({"tokconv, one core busy": (ROOT, True)} if args.busy else {})
     chosen = [int(i) for i in args.only.split(",")] if args.only else range(len(RUNS))
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}", "runs": {}}
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+               "bandwidth": measure_bandwidth(), "weights": {}, "runs": {}}
+    print(json.dumps({"bandwidth": results["bandwidth"]}), flush=True)
     for i in chosen:
-        rounds: dict[str, list] = {name: [] for name in runs}
+        rounds: dict[str, list] = {name: [] for name in [*runs, *peers]}
         for _ in range(args.rounds):
             for name, (tree, busy) in runs.items():
                 rounds[name].append(_spawn(tree, i, args.seeds, busy))
+            for engine in peers:
+                rounds[engine].append(_spawn_peer(args.peer_python, engine, i, rounds["tokconv"][-1], args.peer_timeout))
+        for r in rounds["tokconv"]:
+            for model, path in r.get("gguf", {}).items():
+                if model not in results["weights"]:
+                    results["weights"][model] = weight_bytes(path)
         results["runs"][RUNS[i][0]] = rounds
         print(json.dumps({RUNS[i][0]: rounds}), flush=True)
+    results["bandwidth_after"] = measure_bandwidth()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(render(results))
+
+
+def _warm(rounds: list[dict]) -> list[dict]:
+    return [w for r in rounds if "error" not in r for w in r["warm"]]
 
 
 def _median(rounds: list[dict], key: str) -> float:
     ok = [r for r in rounds if "error" not in r]
     if key == "fresh_s":
         return statistics.median(r["fresh_s"] for r in ok) if ok else float("nan")
-    return statistics.median(w[key] for r in ok for w in r["warm"]) if ok else float("nan")
+    warm = _warm(rounds)
+    return statistics.median(w[key] for w in warm) if warm else float("nan")
+
+
+def _floor_s(w: dict, weights: dict, kind: str, bw: float) -> float:
+    """Seconds the weight reads of one run take at ``bw`` bytes/s (``calls_by_model`` needed)."""
+    by = w.get("calls_by_model")
+    if not by or any(m not in weights for m in by):
+        return float("nan")
+    return sum(n * weights[m][kind] for m, n in by.items()) / bw
 
 
 def render(results: dict) -> str:
-    names = list(next(iter(results["runs"].values())))
-    head = " | ".join(f"{n} warm s | {n} fresh s | {n} calls | {n} tokens" for n in names)
-    lines = [f"Machine: {results['machine']}.", "", f"| run | {head} |", "|---|" + "---|" * (4 * len(names))]
+    first = next(iter(results["runs"].values()))
+    names = list(first)
+    lines = [f"Machine: {results['machine']}.", "",
+             "| run | engine | warm s | fresh s | calls | forwarded tokens | warm ms/call | tokconv speedup warm | tokconv speedup fresh |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for label, rounds in results["runs"].items():
-        cells = []
+        tw, tf = _median(rounds["tokconv"], "seconds"), _median(rounds["tokconv"], "fresh_s")
         for n in names:
-            cells += [f"{_median(rounds[n], 'seconds'):.2f}", f"{_median(rounds[n], 'fresh_s'):.1f}",
-                      f"{_median(rounds[n], 'calls'):.0f}", f"{_median(rounds[n], 'tokens'):.0f}"]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            rs = rounds[n]
+            err = next((r["error"] for r in rs if "error" in r), None)
+            if err and not any("error" not in r for r in rs):
+                lines.append(f"| {label} | {n} | failed: {err[:120]} | | | | | | |")
+                continue
+            w, f = _median(rs, "seconds"), _median(rs, "fresh_s")
+            sp = "-" if n == "tokconv" else f"{w / tw:.1f}x"
+            spf = "-" if n == "tokconv" else f"{f / tf:.1f}x"
+            per = statistics.median(x["seconds"] / x["calls"] for x in _warm(rs) if x["calls"]) if _warm(rs) else float("nan")
+            lines.append(f"| {label} | {n} | {w:.2f} | {f:.1f} | {_median(rs, 'calls'):.0f} | {_median(rs, 'tokens'):.0f} | "
+                         f"{1e3 * per:.0f} | {sp} | {spf} |")
+    # the floor takes the better of the two bandwidth measurements (start and end of the invocation):
+    # on a shared machine the lower one is mostly other processes' traffic
+    start, after = (results.get(k, {}).get("read_gb_s") for k in ("bandwidth", "bandwidth_after"))
+    bw = max(filter(None, (start, after)), default=None)
+    weights = results.get("weights", {})
+    if bw and weights:
+        bps = bw * 1e9
+        wl = ", ".join(f"{m} {v['float32'] / 1e6:.0f} MB float32 / {v['stored'] / 1e6:.0f} MB stored" for m, v in weights.items())
+        lines += ["", f"Memory floor: the weight bytes one call reads ({wl}; float32 for tokconv and PyTorch, "
+                      f"the GGUF's stored bytes for llama.cpp), times each model's calls, over the read bandwidth measured "
+                      f"in this invocation, {bw:.1f} GB/s (the better of {start or float('nan'):.1f} at the start and "
+                      f"{after or float('nan'):.1f} at the end)"
+                  + ": the time a run cannot beat while every call streams all weights from memory once. "
+                    "Per warm run, median over seeds and rounds.", "",
+                  "| run | engine | weights read | warm s | floor s | ms/call | floor ms/call | ÷ floor |",
+                  "|---|---|---|---|---|---|---|---|"]
+        kinds = {"tokconv": "float32", "torch": "float32", "llamacpp": "stored", "llamacpp-kv": "stored"}
+        for label, rounds in results["runs"].items():
+            for n in names:
+                warm = [w for w in _warm(rounds[n]) if w.get("calls")]
+                fl = [_floor_s(w, weights, kinds.get(n, "float32"), bps) for w in warm]
+                if not warm or any(f != f for f in fl):  # no runs, or no per-model calls (an old checkout)
+                    continue
+                per = statistics.median(w["seconds"] / w["calls"] for w in warm)
+                fper = statistics.median(f / w["calls"] for f, w in zip(fl, warm))
+                lines.append(f"| {label} | {n} | {kinds.get(n, 'float32')} | {statistics.median(w['seconds'] for w in warm):.2f} | "
+                             f"{statistics.median(fl):.2f} | {1e3 * per:.0f} | {1e3 * fper:.0f} | {per / fper:.1f}x |")
     return "\n".join(lines)
 
 
