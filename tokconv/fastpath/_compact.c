@@ -38,9 +38,16 @@ enum { G = 16, TILE = 12, MAX_THREADS = 64 };
 /* A worker spins this long for the next product before it sleeps: a model call's products come a
  * few dozen microseconds apart, and waking a sleeping thread costs about as much as a small product. */
 #define SPIN_SECONDS 300e-6
+#ifndef PREFETCH
+#define PREFETCH 8 /* blocks ahead */
+#endif
 /* Products smaller than this (bytes of compact weights x rows) run on the calling thread alone:
  * handing half of them to a worker costs more than it saves. */
 #define MIN_SPLIT_BYTES ((size_t)1 << 20)
+/* Products of more rows than this run on one thread: they are bound by arithmetic, not by reading
+ * the weights, and a second thread ran them no faster, often slower (bench/compact_curve.py on a
+ * 2-vCPU machine; vCPUs can be two hyperthreads of one core). */
+#define SPLIT_MAX_ROWS 4
 
 typedef float v16f __attribute__((vector_size(64)));
 typedef uint8_t v16b __attribute__((vector_size(16)));
@@ -254,6 +261,9 @@ static inline __attribute__((always_inline)) void tile(int R, const float *a, in
   for (int r = 0; r < R; r++) acc[r] = (v16f){0};
   for (int g = 0; g < kb; g++) {
     const struct block *blk = &col[g];
+    /* the weights stream through once per product: ask for a block a few ahead (the hardware
+     * prefetcher alone left a one-row product at about half the machine's read bandwidth) */
+    for (int line = 0; line < (int)sizeof(struct block); line += 64) __builtin_prefetch((const char *)(blk + PREFETCH) + line);
     v16f s, o;
     memcpy(&s, blk->scale, sizeof s);
     memcpy(&o, blk->offset, sizeof o);
@@ -365,7 +375,8 @@ static void *worker(void *arg) {
 
 static void run_job(struct job *j, int threads) {
   size_t bytes = (size_t)j->n_blocks * j->kb * sizeof(struct block) * (size_t)j->m;
-  if (threads > 1 && j->n_blocks >= 2 && bytes >= MIN_SPLIT_BYTES && pthread_mutex_trylock(&pool_lock) == 0) {
+  if (threads > 1 && j->m <= SPLIT_MAX_ROWS && j->n_blocks >= 2 && bytes >= MIN_SPLIT_BYTES &&
+      pthread_mutex_trylock(&pool_lock) == 0) {
     while (pool_size < threads - 1 && pool_size < MAX_THREADS - 1) {
       pthread_t t;
       if (pthread_create(&t, NULL, worker, NULL) != 0) break;
