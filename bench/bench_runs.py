@@ -24,8 +24,8 @@ run with ``--peer-python``, an interpreter that has them; tokconv's venv must ne
 Each round runs tokconv first; its start tokens (tokconv's ``random_tokens`` for each seed, and
 seed+1000 for the fresh run) are handed to the peers, so all start from the same text. The table
 gives, per run and engine, warm and fresh seconds, model calls, forwarded tokens and tokconv's
-speedup; a second table gives the memory floor: the weight bytes one call reads (float32 for
-tokconv and PyTorch, the stored quantized bytes for llama.cpp) times the calls of the run, over the
+speedup; a second table gives the memory floor: the weight bytes one call reads (compact for tokconv, float32 for
+the baseline and PyTorch, the stored quantized bytes for llama.cpp) times the calls of the run, over the
 memory bandwidth measured in this invocation (numpy streaming reads of a 1 GiB array: ``max`` on 1
 and 2 threads, ``dot``; the highest rate).
 
@@ -207,14 +207,16 @@ def measure_bandwidth(gib: float = 1.0, reps: int = 5, threads: int = 2) -> dict
 def weight_bytes(path: str) -> dict:
     """Bytes of weights one model call reads: the output projection and every layer, not the input
     embedding table (only its rows are gathered) unless it doubles as the output projection (tied).
-    ``float32``: at 4 bytes per weight (tokconv and PyTorch hold float32 on a CPU); ``stored``: the
-    GGUF's own (quantized) bytes, what llama.cpp reads."""
+    ``float32``: at 4 bytes per weight (PyTorch, and tokconv's long calls); ``compact``: 1.5 bytes
+    per weight, what tokconv's short calls read (tokconv.fastpath.compact); ``stored``: the GGUF's
+    own (quantized) bytes, what llama.cpp reads."""
     from gguf import GGUFReader
 
     tensors = {t.name: (int(t.n_elements), int(t.n_bytes)) for t in GGUFReader(path).tensors}
     skip = {"token_embd.weight"} if "output.weight" in tensors else set()
     kept = [v for k, v in tensors.items() if k not in skip]
-    return {"float32": 4 * sum(n for n, _ in kept), "stored": sum(b for _, b in kept)}
+    return {"float32": 4 * sum(n for n, _ in kept), "stored": sum(b for _, b in kept),
+            "compact": 3 * sum(n for n, _ in kept) // 2}
 
 
 def main() -> None:
@@ -281,7 +283,10 @@ def _floor_s(w: dict, weights: dict, kind: str, bw: float) -> float:
     by = w.get("calls_by_model")
     if not by or any(m not in weights for m in by):
         return float("nan")
-    return sum(n * weights[m][kind] for m, n in by.items()) / bw
+    def size(m: str) -> float:  # results saved before "compact" was recorded: 1.5 of the 4 bytes
+        return weights[m].get(kind, weights[m]["float32"] * 3 / 8) if kind == "compact" else weights[m][kind]
+
+    return sum(n * size(m) for m, n in by.items()) / bw
 
 
 def render(results: dict) -> str:
@@ -312,15 +317,16 @@ def render(results: dict) -> str:
     if bw and weights:
         bps = bw * 1e9
         wl = ", ".join(f"{m} {v['float32'] / 1e6:.0f} MB float32 / {v['stored'] / 1e6:.0f} MB stored" for m, v in weights.items())
-        lines += ["", f"Memory floor: the weight bytes one call reads ({wl}; float32 for tokconv and PyTorch, "
-                      f"the GGUF's stored bytes for llama.cpp), times each model's calls, over the read bandwidth measured "
+        lines += ["", f"Memory floor: the weight bytes one call reads ({wl}; float32 for PyTorch and the baseline, "
+                      f"compact for tokconv's short calls, the GGUF's stored bytes for llama.cpp), times each model's calls, over the read bandwidth measured "
                       f"in this invocation, {bw:.1f} GB/s (the better of {start or float('nan'):.1f} at the start and "
                       f"{after or float('nan'):.1f} at the end)"
                   + ": the time a run cannot beat while every call streams all weights from memory once. "
                     "Per warm run, median over seeds and rounds.", "",
                   "| run | engine | weights read | warm s | floor s | ms/call | floor ms/call | ÷ floor |",
                   "|---|---|---|---|---|---|---|---|"]
-        kinds = {"tokconv": "float32", "torch": "float32", "llamacpp": "stored", "llamacpp-kv": "stored"}
+        # tokconv's calls in these runs are short (a re-scored suffix): compact weights, where active
+        kinds = {"tokconv": "compact", "torch": "float32", "llamacpp": "stored", "llamacpp-kv": "stored"}
         for label, rounds in results["runs"].items():
             for n in names:
                 warm = [w for w in _warm(rounds[n]) if w.get("calls")]
