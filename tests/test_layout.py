@@ -101,15 +101,15 @@ def test_public_api_is_the_package_face():
 
 
 @pytest.mark.slow
-def test_wheel_carries_every_subpackage_and_c_source(tmp_path):
+def test_wheel_carries_every_subpackage_and_c_source(tmp_path):  # and the headers they include
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     wheel = next(tmp_path.glob("tokconv-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    want_c = {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.c")}
+    want_c = {str(p.relative_to(ROOT)) for p in [*PACKAGE.rglob("*.c"), *PACKAGE.rglob("*.h")]}
     want_packages = {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("__init__.py")}
-    assert len(want_c) >= 3 and want_c <= names, want_c - names
+    assert len(want_c) >= 5 and want_c <= names, want_c - names
     assert want_packages <= names, want_packages - names
 
 

@@ -66,24 +66,11 @@ struct slot {
   int owned; /* mapped here (unmapped on remove), or the caller's (a memory-mapped cache file) */
 };
 
-#define SLOTS 16384
-#define TOMBSTONE ((const float *)1)
-static struct slot table[SLOTS];
-static pthread_rwlock_t table_lock = PTHREAD_RWLOCK_INITIALIZER;
+#include "_weights_table.h"
 static int max_rows = 16;
 static int n_threads = 1;
 static size_t compact_bytes;
 static long long calls, hits; /* statistics for tests and benchmarks */
-
-static size_t home(const float *b) { return ((uintptr_t)b >> 6) * 0x9E3779B97F4A7C15ull % SLOTS; }
-
-static struct slot *find(const float *b) {
-  for (size_t i = home(b), n = 0; n < SLOTS; i = (i + 1) % SLOTS, n++) {
-    if (table[i].b == b) return &table[i];
-    if (table[i].b == NULL) return NULL;
-  }
-  return NULL;
-}
 
 /* ---- recovery of the grid ---------------------------------------------------------------- */
 
@@ -412,21 +399,8 @@ void tokconv_compact_set_threads(int n) { n_threads = n < 1 ? 1 : n > MAX_THREAD
 int tokconv_compact_get_threads(void) { return n_threads; }
 
 static int insert(const float *b, int n, int k, struct block *blocks, size_t bytes, int owned) {
-  int rc = 0;
-  pthread_rwlock_wrlock(&table_lock);
-  if (find(b) != NULL) {
-    rc = -1;
-  } else {
-    size_t i = home(b), seen = 0;
-    while (table[i].b != NULL && table[i].b != TOMBSTONE && seen++ < SLOTS) i = (i + 1) % SLOTS;
-    if (seen >= SLOTS) {
-      rc = 4;
-    } else {
-      table[i] = (struct slot){b, n, k, blocks, bytes, owned};
-      compact_bytes += bytes;
-    }
-  }
-  pthread_rwlock_unlock(&table_lock);
+  int rc = table_insert((struct slot){b, n, k, blocks, bytes, owned});
+  if (rc == 0) __atomic_add_fetch(&compact_bytes, bytes, __ATOMIC_RELAXED);
   return rc;
 }
 
@@ -488,24 +462,18 @@ int tokconv_compact_add(const float *b, int n, int k) {
 
 /* Forget the compact form of `b` (call before `b`'s memory can be freed). 0 if it was there. */
 int tokconv_compact_remove(const float *b) {
-  pthread_rwlock_wrlock(&table_lock);
-  struct slot *s = find(b);
-  struct slot gone = {0};
-  if (s != NULL) {
-    gone = *s;
-    *s = (struct slot){TOMBSTONE, 0, 0, NULL, 0, 0};
-    compact_bytes -= gone.bytes;
-  }
-  pthread_rwlock_unlock(&table_lock);
-  if (gone.blocks != NULL && gone.owned) munmap(gone.blocks, gone.bytes);
-  return s == NULL;
+  struct slot gone = table_remove(b);
+  if (gone.b == NULL) return 1;
+  __atomic_sub_fetch(&compact_bytes, gone.bytes, __ATOMIC_RELAXED);
+  if (gone.owned) munmap(gone.blocks, gone.bytes);
+  return 0;
 }
 
 /* out: calls seen, calls answered, bytes held. */
 void tokconv_compact_stats(long long *out) {
   out[0] = __atomic_load_n(&calls, __ATOMIC_RELAXED);
   out[1] = __atomic_load_n(&hits, __ATOMIC_RELAXED);
-  out[2] = (long long)compact_bytes;
+  out[2] = (long long)__atomic_load_n(&compact_bytes, __ATOMIC_RELAXED);
 }
 
 /* The product with explicit threads, for tests: c = x @ W.T (+ beta * c) for a registered `b`.

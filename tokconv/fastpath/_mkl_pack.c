@@ -34,17 +34,13 @@ static size_fn pack_size;
 static pack_fn pack;
 static compute_fn compute;
 
-/* Open addressing keyed by the weight's address; a removed slot becomes a tombstone. */
-#define SLOTS 16384
-#define TOMBSTONE ((const float *)1)
 struct slot {
   const float *b;
   int n, k;
   float *packed;  /* inside an mmap of `bytes`: pages MKL never writes stay unbacked */
   size_t bytes;
 };
-static struct slot table[SLOTS];
-static pthread_rwlock_t table_lock = PTHREAD_RWLOCK_INITIALIZER;
+#include "_weights_table.h"
 static int max_rows = 1024;
 static size_t packed_bytes;
 static long long calls, hits; /* statistics for tests and benchmarks */
@@ -55,15 +51,6 @@ typedef int (*hook_fn)(int, int, int, int, int, int, float, const float *, int, 
 static hook_fn compact_hook;
 void tokconv_set_compact_hook(void *fn) { compact_hook = (hook_fn)fn; }
 
-static size_t home(const float *b) { return ((uintptr_t)b >> 6) * 0x9E3779B97F4A7C15ull % SLOTS; }
-
-static struct slot *find(const float *b) {
-  for (size_t i = home(b), n = 0; n < SLOTS; i = (i + 1) % SLOTS, n++) {
-    if (table[i].b == b) return &table[i];
-    if (table[i].b == NULL) return NULL;
-  }
-  return NULL;
-}
 
 /* `*bytes` of zeroed memory (rounded up to what was mapped), on 2 MB pages where `huge` and the
  * kernel allows (transparent huge pages in "madvise" mode are common): 1x20 scoring of SmolLM2
@@ -103,45 +90,28 @@ int tokconv_pack_add(const float *b, int n, int k) {
   void *mem = map_pack(&bytes, (size_t)n * k * sizeof(float) >= HUGE);
   if (mem == NULL) return 3;
   pack(ROW_MAJOR, B_MATRIX, TRANS, max_rows, n, k, 1.0f, b, k, (float *)mem);
-  pthread_rwlock_wrlock(&table_lock);
-  int rc = 0;
-  if (find(b) != NULL) {
-    rc = -1;
-  } else {
-    size_t i = home(b), n_seen = 0;
-    while (table[i].b != NULL && table[i].b != TOMBSTONE && n_seen++ < SLOTS) i = (i + 1) % SLOTS;
-    if (n_seen >= SLOTS) {
-      rc = 4;
-    } else {
-      table[i] = (struct slot){b, n, k, (float *)mem, bytes};
-      packed_bytes += bytes;
-    }
-  }
-  pthread_rwlock_unlock(&table_lock);
-  if (rc != 0) munmap(mem, bytes);
+  int rc = table_insert((struct slot){b, n, k, (float *)mem, bytes});
+  if (rc != 0)
+    munmap(mem, bytes);
+  else
+    __atomic_add_fetch(&packed_bytes, bytes, __ATOMIC_RELAXED);
   return rc;
 }
 
 /* Forget the pack of `b` (call before `b`'s memory can be freed). 0 if it was there. */
 int tokconv_pack_remove(const float *b) {
-  pthread_rwlock_wrlock(&table_lock);
-  struct slot *s = find(b);
-  struct slot gone = {0};
-  if (s != NULL) {
-    gone = *s;
-    *s = (struct slot){TOMBSTONE, 0, 0, NULL, 0};
-    packed_bytes -= gone.bytes;
-  }
-  pthread_rwlock_unlock(&table_lock);
-  if (gone.packed != NULL) munmap(gone.packed, gone.bytes);
-  return s == NULL;
+  struct slot gone = table_remove(b);
+  if (gone.b == NULL) return 1;
+  __atomic_sub_fetch(&packed_bytes, gone.bytes, __ATOMIC_RELAXED);
+  munmap(gone.packed, gone.bytes);
+  return 0;
 }
 
 /* out: calls of cblas_sgemm, calls answered from a pack, bytes reserved for packs. */
 void tokconv_pack_stats(long long *out) {
   out[0] = __atomic_load_n(&calls, __ATOMIC_RELAXED);
   out[1] = __atomic_load_n(&hits, __ATOMIC_RELAXED);
-  out[2] = (long long)packed_bytes;
+  out[2] = (long long)__atomic_load_n(&packed_bytes, __ATOMIC_RELAXED);
 }
 
 void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, const float *a,

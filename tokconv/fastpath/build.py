@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +14,9 @@ from ..paths import cache_dir
 
 def built(source: Path, args: list[str], *key: bytes) -> Path:
     """``source`` compiled by gcc into a shared library, cached by its text, ``args`` and ``key``."""
-    digest = digest_of(source.read_bytes(), *key, *map(str.encode, args))
+    text = source.read_bytes()
+    headers = [(source.parent / name.decode()).read_bytes() for name in re.findall(rb'#include "([^"]+)"', text)]
+    digest = digest_of(text, *headers, *key, *map(str.encode, args))  # a changed header rebuilds too
     out = cache_dir() / "runtime" / f"{source.stem.lstrip('_')}-{digest}.so"
     if not out.exists():
         cc = shutil.which("gcc") or shutil.which("cc")
