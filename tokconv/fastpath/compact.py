@@ -32,10 +32,12 @@ from .build import built, cpu_flags
 _SOURCE = Path(__file__).with_name("_compact.c")
 DEFAULT_MAX_ROWS = 24
 _lib: ctypes.CDLL | None = None
-_tried = False
+_tried = False  # library() was asked once: built, or not buildable here
+_hooked = False  # an interposer in front of the BLAS calls the kernel (set by .blas)
 
 # tokconv_compact_add's answers
-REFUSED = {3: "out of memory", 4: "table full", 5: "not on an 8-bit grid", 6: "shape not a multiple of 16"}
+REFUSED = {3: "out of memory", 4: "table full", 5: "not on an 8-bit grid", 6: "shape not a multiple of 16",
+           7: "compact weights are off here"}
 
 
 def enabled() -> bool:
@@ -81,9 +83,6 @@ def hook_address() -> int | None:
     """The address of ``tokconv_compact_sgemm``, for the interposer to call first; None where off."""
     lib = library()
     return None if lib is None else ctypes.cast(lib.tokconv_compact_sgemm, ctypes.c_void_p).value
-
-
-_hooked = False
 
 
 def set_hooked() -> None:
