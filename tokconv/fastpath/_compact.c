@@ -22,6 +22,7 @@
 #define _GNU_SOURCE
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,18 +37,22 @@
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 enum { G = 16, TILE = 12, MAX_THREADS = 64 };
 /* A worker spins this long for the next product before it sleeps: a model call's products come a
- * few dozen microseconds apart, and waking a sleeping thread costs about as much as a small product. */
+ * few dozen microseconds apart, and waking a sleeping thread costs about as much as a small product.
+ * It spins with sched_yield: on 2 cores the caller (MLX's stream thread), Python's thread (building
+ * the next ops) and the worker often share them, and a worker burning a shared core's time slice
+ * would stall the very product it waits for. */
 #define SPIN_SECONDS 300e-6
 #ifndef PREFETCH
 #define PREFETCH 8 /* blocks ahead */
 #endif
-/* Products smaller than this (bytes of compact weights x rows) run on the calling thread alone:
- * handing half of them to a worker costs more than it saves. */
+/* Products with less work than this (bytes of compact weights x rows) run on the calling thread
+ * alone: handing half of them to a worker costs more than it saves. */
 #define MIN_SPLIT_BYTES ((size_t)1 << 20)
-/* Products of more rows than this run on one thread: they are bound by arithmetic, not by reading
- * the weights, and a second thread ran them no faster, often slower (bench/compact_curve.py on a
- * 2-vCPU machine; vCPUs can be two hyperthreads of one core). */
-#define SPLIT_MAX_ROWS 4
+/* Work per chunk (bytes of compact weights x rows): small enough that a thread stalled mid-chunk
+ * holds up the product only briefly, large enough that claiming chunks costs nothing. */
+#ifndef CHUNK_WORK
+#define CHUNK_WORK ((size_t)256 << 10)
+#endif
 
 typedef float v16f __attribute__((vector_size(64)));
 typedef uint8_t v16b __attribute__((vector_size(16)));
@@ -354,7 +359,8 @@ static void *worker(void *arg) {
     int seq = __atomic_load_n(&wake_seq, __ATOMIC_ACQUIRE);
     work();
     double until = now() + SPIN_SECONDS;
-    while (__atomic_load_n(&wake_seq, __ATOMIC_ACQUIRE) == seq && now() < until) __builtin_ia32_pause();
+    /* yield, not just pause: the caller (MLX's stream thread) and Python's thread may need this core */
+    while (__atomic_load_n(&wake_seq, __ATOMIC_ACQUIRE) == seq && now() < until) sched_yield();
     while (__atomic_load_n(&wake_seq, __ATOMIC_ACQUIRE) == seq) futex(&wake_seq, FUTEX_WAIT_PRIVATE, seq);
   }
   return NULL;
@@ -362,7 +368,7 @@ static void *worker(void *arg) {
 
 static void run_job(struct job *j, int threads) {
   size_t bytes = (size_t)j->n_blocks * j->kb * sizeof(struct block) * (size_t)j->m;
-  if (threads > 1 && j->m <= SPLIT_MAX_ROWS && j->n_blocks >= 2 && bytes >= MIN_SPLIT_BYTES &&
+  if (threads > 1 && j->n_blocks >= 2 && bytes >= MIN_SPLIT_BYTES &&
       pthread_mutex_trylock(&pool_lock) == 0) {
     while (pool_size < threads - 1 && pool_size < MAX_THREADS - 1) {
       pthread_t t;
@@ -370,8 +376,7 @@ static void run_job(struct job *j, int threads) {
       pthread_detach(t);
       pool_size++;
     }
-    /* chunks of ~256 kB of weights: a thread stalled mid-chunk holds up the product only briefly */
-    int per = (int)(((size_t)256 << 10) / ((size_t)j->kb * sizeof(struct block)));
+    int per = (int)(CHUNK_WORK / ((size_t)j->kb * sizeof(struct block) * (size_t)j->m));
     j->chunk = per < 1 ? 1 : per;
     j->n_chunks = (j->n_blocks + j->chunk - 1) / j->chunk;
     j->done = 0;
@@ -382,7 +387,7 @@ static void run_job(struct job *j, int threads) {
     futex(&wake_seq, FUTEX_WAKE_PRIVATE, pool_size);
     work();
     struct job *cur = &ring[gen % RING];
-    while (__atomic_load_n(&cur->done, __ATOMIC_ACQUIRE) < cur->n_chunks) __builtin_ia32_pause();
+    while (__atomic_load_n(&cur->done, __ATOMIC_ACQUIRE) < cur->n_chunks) sched_yield(); /* a worker mid-chunk */
     pthread_mutex_unlock(&pool_lock);
     return;
   }
