@@ -44,7 +44,7 @@ def registered(request):
     compact.remove(w)
 
 
-@pytest.mark.parametrize("m", [1, 3, 12, 13, 40])
+@pytest.mark.parametrize("m", [1, 3, 12, 13, 16, 17, 40])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_kernel_matches_numpy_on_every_gguf_block_format(registered, m, threads):
     w, kind = registered

@@ -35,7 +35,14 @@
 #endif
 
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
-enum { G = 16, TILE = 12, MAX_THREADS = 64 };
+#ifndef TILE_ROWS
+#define TILE_ROWS 16
+#endif
+/* TILE: most rows multiplied in one pass over the weights, their accumulators in registers. More
+ * rows per pass spread the cost of dequantizing each weight over more products; at 20 and 24 gcc
+ * ran out of registers (bench: 16 kept 13-24 rows at the rate of 12, where 12 lost a third at 13-20
+ * rows). */
+enum { G = 16, TILE = TILE_ROWS, MAX_THREADS = 64 };
 /* A worker spins this long for the next product before it sleeps: a model call's products come a
  * few dozen microseconds apart, and waking a sleeping thread costs about as much as a small product.
  * It spins with sched_yield: on 2 cores the caller (MLX's stream thread), Python's thread (building
@@ -279,7 +286,7 @@ static inline __attribute__((always_inline)) void tile(int R, const float *a, in
 
 #define TILE_CASE(R) \
   case R:            \
-    tile(R, a, lda, col, kb, c, ldc, beta); \
+    tile(R <= TILE ? R : TILE, a, lda, col, kb, c, ldc, beta); \
     break;
 
 static void rows_times_column(int rows, const float *a, int lda, const struct block *col, int kb, float *c,
@@ -287,6 +294,12 @@ static void rows_times_column(int rows, const float *a, int lda, const struct bl
   switch (rows) {
     TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6)
     TILE_CASE(7) TILE_CASE(8) TILE_CASE(9) TILE_CASE(10) TILE_CASE(11) TILE_CASE(12)
+#if TILE_ROWS > 12
+    TILE_CASE(13) TILE_CASE(14) TILE_CASE(15) TILE_CASE(16)
+#endif
+#if TILE_ROWS > 16
+    TILE_CASE(17) TILE_CASE(18) TILE_CASE(19) TILE_CASE(20) TILE_CASE(21) TILE_CASE(22) TILE_CASE(23) TILE_CASE(24)
+#endif
   }
 }
 
@@ -307,10 +320,13 @@ static void run_chunk(const struct job *j, int chunk) {
   int lo = chunk * j->chunk, hi = lo + j->chunk < j->n_blocks ? lo + j->chunk : j->n_blocks;
   for (int nb = lo; nb < hi; nb++) {
     const struct block *col = j->blocks + (size_t)nb * j->kb;
-    for (int r0 = 0; r0 < j->m; r0 += TILE) {
-      int rows = j->m - r0 < TILE ? j->m - r0 : TILE;
+    /* passes of near-equal rows (13 rows with TILE 12: 7 + 6, not 12 + a one-row pass) */
+    int passes = (j->m + TILE - 1) / TILE;
+    for (int p = 0, r0 = 0; p < passes; p++) {
+      int rows = (j->m - r0) / (passes - p);
       rows_times_column(rows, j->a + (size_t)r0 * j->lda, j->lda, col, j->kb, j->c + (size_t)r0 * j->ldc + nb * G,
                         j->ldc, j->beta);
+      r0 += rows;
     }
   }
 }
