@@ -119,3 +119,37 @@ def test_untied_output_layer_packs_lm_head_not_the_embedding():
     weights = packing.matmul_weights(model)
     assert any(w is model.lm_head.weight for w in weights)
     assert not any(w is model.model.embed_tokens.weight for w in weights)
+
+
+def test_a_fully_compact_model_is_packed_before_its_first_long_call_only():
+    """Packs wait while every product runs on compact weights; the first product too long for them
+    makes the packs first, and scores the same as the plain GEMM."""
+    import mlx.nn as nn
+
+    from tokconv.engine import Scorer
+    from tokconv.fastpath import compact, startup
+
+    if not compact.active():
+        pytest.skip("compact weights are off here: packs are made at load")
+    lm = make_tiny_lm(vocab_size=320, layers=2)
+    nn.quantize(lm.model, group_size=32, bits=4)  # weights on an 8-bit grid, as from a GGUF file
+    report = startup.prepare_model(lm.model)
+    assert report is not None and report.compact == report.matrices
+    assert packing.deferred(lm.model)
+    limit = compact.current_max_rows()
+    rng = np.random.default_rng(2)
+    reserved = packing.stats().reserved_bytes
+    Scorer(lm).score(rng.integers(0, 320, (1, limit)))  # limit rows: compact, no packs yet
+    assert packing.deferred(lm.model) and packing.stats().reserved_bytes == reserved
+    tokens = rng.integers(0, 320, (1, limit + 8))
+    before = _packed_calls()
+    packed = Scorer(lm).score(tokens)
+    assert not packing.deferred(lm.model)
+    assert packing.stats().reserved_bytes > reserved and _packed_calls() > before
+    with packing.max_rows(0):
+        plain = Scorer(lm).score(tokens)
+    np.testing.assert_array_equal(packed.argmax, plain.argmax)
+    np.testing.assert_allclose(packed.entropy, plain.entropy, rtol=1e-5, atol=1e-5)
+    del lm
+    gc.collect()
+    assert packing.stats().reserved_bytes == reserved

@@ -26,6 +26,7 @@ from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 
 from ..errors import TokconvError
+from ..fastpath import compact, packing
 from ..models import LoadedModel
 
 # Distinct input shapes one compiled function may collect traces for before it is rebuilt
@@ -132,9 +133,16 @@ def _compiled(lm: LoadedModel, stream: Any, signature: tuple) -> Any:
     return fn
 
 
+def _packs_ready(lm: LoadedModel, tokens: Any) -> None:
+    """Make the model's MKL packs before its first product too long for the compact kernel."""
+    if packing.deferred(lm.model) and tokens.shape[0] * tokens.shape[1] > compact.current_max_rows():
+        packing.ensure(lm.model)
+
+
 def call(lm: LoadedModel, tokens: Any, caches: list, stream: Any) -> Any:
     """Logits (B, n, V) for ``tokens`` (B, n) after what ``caches`` hold; the caches take the new
     keys and values. Runs on ``stream``; compiled unless ``TOKCONV_NO_COMPILE=1``."""
+    _packs_ready(lm, tokens)
     with mx.stream(stream):
         # mlx-lm's own caches mutate in place: uncompiled. PastKV works uncompiled too.
         if not isinstance(caches[0], PastKV) or os.environ.get("TOKCONV_NO_COMPILE") == "1":
@@ -155,6 +163,7 @@ def call_poisoned(lm: LoadedModel, tokens: Any, caches: list, stream: Any, poiso
     whose ``__call__`` takes ``input_embeddings`` and whose inner model has ``embed_tokens``
     (mlx-lm's llama, qwen2 and gemma3 do).
     """
+    _packs_ready(lm, tokens)
     inner = getattr(lm.model, "model", None)
     embed = getattr(inner, "embed_tokens", None)
     if embed is None:

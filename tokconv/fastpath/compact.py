@@ -121,6 +121,11 @@ def stats() -> CompactStats | None:
     return CompactStats(int(out[0]), int(out[1]), int(out[2]))
 
 
+def current_max_rows() -> int:
+    """Most rows a product may have to run on compact weights right now (0 where off)."""
+    return int(_lib.tokconv_compact_get_max_rows()) if _lib is not None and _hooked else 0
+
+
 @contextmanager
 def max_rows(rows: int) -> Iterator[None]:
     """Inside the block, products with at most ``rows`` rows use compact weights (0: none do); for

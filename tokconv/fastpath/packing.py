@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 import weakref
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -133,6 +134,49 @@ def named_matmul_weights(model: Any) -> list[tuple[str, Any]]:
     if not any(name.rsplit(".", 1)[-1] == "lm_head" for name, _ in modules):
         weights += [(name, m.weight) for name, m in modules if isinstance(m, nn.Embedding)]
     return weights
+
+
+# Models whose packs wait for their first long product (every matmul weight has a compact form,
+# which answers the short ones): packing Qwen2.5-0.5B took two of its six seconds of loading and
+# doubled its memory, for runs whose calls may all be short.
+# By id: an MLX module is a dict, so it cannot be a key itself; a finalizer drops the entry.
+_deferred: dict[int, Any] = {}
+_deferred_lock = threading.RLock()  # re-entrant: a finalizer may run while it is held
+
+
+def defer(model: Any) -> None:
+    """Pack ``model`` on the first :func:`ensure` instead of now (where packs are on at all)."""
+    lib = library()
+    if lib is None or lib.tokconv_pack_get_max_rows() == 0:
+        return
+    with _deferred_lock:
+        _deferred[id(model)] = weakref.ref(model)
+    weakref.finalize(model, _forget, id(model))
+
+
+def _forget(key: int) -> None:
+    with _deferred_lock:
+        _deferred.pop(key, None)
+
+
+def deferred(model: Any) -> bool:
+    """Whether ``model``'s packs are still waiting for its first long product."""
+    ref = _deferred.get(id(model))
+    return ref is not None and ref() is model
+
+
+def ensure(model: Any) -> None:
+    """Pack ``model`` now if its packs were deferred: before its first product longer than the
+    compact kernel takes. Leaves the BLAS thread count as it found it."""
+    if not deferred(model):
+        return
+    # The compute lock first (model calls hold it), then the table's: a second caller waits until
+    # the packs are made instead of multiplying without them meanwhile.
+    with threads.kept(), _deferred_lock:
+        if _deferred.get(id(model)) is None:
+            return  # another thread packed it meanwhile
+        pack_model(model)
+        _deferred.pop(id(model), None)
 
 
 def pack_model(model: Any) -> int:

@@ -84,7 +84,8 @@ def prepare_model(model: Any, dtype: str = "auto", cache: Path | None = None) ->
     runs weights and activations in that precision on every device (half precision on a CPU is
     several times slower). On a CPU the vectorised attention softmax and table RoPE go in, and
     float32 weights get compact copies for short calls (:mod:`.compact`; returned: what it did)
-    and MKL's packed copies where available. ``cache``: a folder of the caller's where compact
+    and MKL's packed copies where available: made now, or, where every weight has a compact form,
+    before the model's first product too long for it (:func:`.packing.ensure`). ``cache``: a folder of the caller's where compact
     forms are kept between loads (:func:`.compact.compact_model`).
     """
     if dtype not in DTYPES:
@@ -110,7 +111,10 @@ def prepare_model(model: Any, dtype: str = "auto", cache: Path | None = None) ->
         kernels.use_table_rope(model)
     with threads.compute(1):  # every core builds the compact forms
         report = compact.compact_model(model, packing.named_matmul_weights(model), cache)
-    packing.pack_model(model)
+    if report is not None and report.compact == report.matrices:
+        packing.defer(model)  # short products all run compact: pack on the first long one
+    else:
+        packing.pack_model(model)
     return report
 
 

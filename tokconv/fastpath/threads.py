@@ -83,6 +83,20 @@ def compute(streams: int = 1) -> Iterator[int]:
         yield n
 
 
+@contextmanager
+def kept() -> Iterator[None]:
+    """Whatever the block does to the BLAS thread count is undone after it (a pack made inside
+    a call on several streams must not leave the call's threads changed)."""
+    global _blas_threads_now
+    with _compute_lock:
+        before = _blas_threads_now
+        try:
+            yield
+        finally:
+            if _blas_threads_now != before and before > 0 and set_blas_threads(before):
+                _blas_threads_now = before
+
+
 def set_blas_threads(n: int) -> bool:
     """Set the optimized BLAS's thread count; False when none with a known setter is loaded."""
     compact.set_threads(n)  # the compact-weight kernel takes the same number of threads
