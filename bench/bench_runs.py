@@ -225,6 +225,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="warm runs' seeds (default 0,1,2)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds, alternating with the baseline (default 2)")
     ap.add_argument("--baseline", type=Path, default=None, metavar="CHECKOUT", help="also run this checkout of another commit")
+    ap.add_argument("--baseline-weights", choices=("float32", "compact"), default="float32",
+                    help="the weights the baseline's short calls read, for the memory floor (default float32)")
+    ap.add_argument("--render", type=Path, default=None, metavar="JSON", help="only print the tables of a saved result")
     ap.add_argument("--only", default=None, help="comma list of configuration numbers (0-based) to run")
     ap.add_argument("--busy", action="store_true", help="also run this tree with a competing process busy on one core")
     ap.add_argument("--peers", default="", help=f"comma list of peer engines to run too: {', '.join(PEERS)}")
@@ -236,6 +239,9 @@ def main() -> None:
     if args.worker is not None:
         print(json.dumps(worker(args.worker, [int(s) for s in args.seeds.split(",")], args.busy)))
         return
+    if args.render is not None:
+        print(render(json.loads(args.render.read_text())))
+        return
     peers = [p for p in args.peers.split(",") if p]
     if any(p not in PEERS for p in peers):
         ap.error(f"--peers takes {', '.join(PEERS)}")
@@ -245,7 +251,7 @@ def main() -> None:
     runs = {name: (tree, False) for name, tree in trees.items()} | ({"tokconv, one core busy": (ROOT, True)} if args.busy else {})
     chosen = [int(i) for i in args.only.split(",")] if args.only else range(len(RUNS))
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-               "bandwidth": measure_bandwidth(), "weights": {}, "runs": {}}
+               "bandwidth": measure_bandwidth(), "weights": {}, "runs": {}, "baseline_weights": args.baseline_weights}
     print(json.dumps({"bandwidth": results["bandwidth"]}), flush=True)
     for i in chosen:
         rounds: dict[str, list] = {name: [] for name in [*runs, *peers]}
@@ -317,7 +323,8 @@ def render(results: dict) -> str:
     if bw and weights:
         bps = bw * 1e9
         wl = ", ".join(f"{m} {v['float32'] / 1e6:.0f} MB float32 / {v['stored'] / 1e6:.0f} MB stored" for m, v in weights.items())
-        lines += ["", f"Memory floor: the weight bytes one call reads ({wl}; float32 for PyTorch and the baseline, "
+        lines += ["", f"Memory floor: the weight bytes one call reads ({wl}; float32 for PyTorch, "
+                      f"{results.get('baseline_weights', 'float32')} for the baseline, "
                       f"compact for tokconv's short calls, the GGUF's stored bytes for llama.cpp), times each model's calls, over the read bandwidth measured "
                       f"in this invocation, {bw:.1f} GB/s (the better of {start or float('nan'):.1f} at the start and "
                       f"{after or float('nan'):.1f} at the end)"
@@ -326,7 +333,8 @@ def render(results: dict) -> str:
                   "| run | engine | weights read | warm s | floor s | ms/call | floor ms/call | ÷ floor |",
                   "|---|---|---|---|---|---|---|---|"]
         # tokconv's calls in these runs are short (a re-scored suffix): compact weights, where active
-        kinds = {"tokconv": "compact", "torch": "float32", "llamacpp": "stored", "llamacpp-kv": "stored"}
+        kinds = {"tokconv": "compact", "tokconv, one core busy": "compact", "torch": "float32", "llamacpp": "stored",
+                 "llamacpp-kv": "stored", "baseline": results.get("baseline_weights", "float32")}
         for label, rounds in results["runs"].items():
             for n in names:
                 warm = [w for w in _warm(rounds[n]) if w.get("calls")]
