@@ -163,3 +163,44 @@ def test_a_new_length_keeps_the_cached_common_prefix(bos_id):
         np.testing.assert_allclose(cached.entropy, fresh.entropy, rtol=1e-4, atol=1e-5)
         forwarded = session.cost.forwarded_tokens - before
         assert forwarded < tokens.shape[1] - 1 + (bos_id is not None)  # less than a fresh forward
+
+
+def test_calls_from_many_threads_run_on_one_thread_and_keep_their_traces():
+    """The dashboard runs each script run in a new thread; model calls still share one thread, its
+    streams and its compiled traces, and give the same scores as calls from the main thread."""
+    import threading
+
+    from tokconv.engine import forward
+    from tokconv.engine.streams import on_call_thread
+
+    lm = make_tiny_lm(vocab_size=96, bos_id=3)
+    tokens = np.random.default_rng(4).integers(0, 96, (1, 10))
+    want = Scorer(lm).score(tokens)
+    got, seen = [], []
+
+    def score() -> None:
+        got.append(Scorer(lm).score(tokens))
+        seen.append(on_call_thread(threading.get_ident))
+
+    for _ in range(3):
+        t = threading.Thread(target=score)
+        t.start()
+        t.join()
+    assert len(set(seen)) == 1 and seen[0] != threading.get_ident()
+    steps = forward._of(lm).steps
+    assert len(steps) == 1  # one compiled function: every call ran on the same stream
+    assert len(next(iter(steps.values()))[1]) == 1  # and the one input shape was traced once
+    for g in got:
+        np.testing.assert_array_equal(g.argmax, want.argmax)
+        np.testing.assert_array_equal(g.entropy, want.entropy)
+
+
+def test_an_error_on_the_call_thread_is_raised_in_the_caller():
+    from tokconv.engine.streams import on_call_thread
+
+    def fail() -> None:
+        raise InvalidTokens("broken", "fix it")
+
+    with pytest.raises(InvalidTokens, match="broken"):
+        on_call_thread(fail)
+    assert on_call_thread(lambda: on_call_thread(lambda: 7)) == 7  # a call from the call thread runs inline

@@ -35,7 +35,7 @@ from ..models import LoadedModel
 from . import forward, head
 from .scores import Cost, Scores
 from .session import Scorer
-from .streams import max_rows, n_streams, streams
+from .streams import max_rows, n_streams, on_call_thread, streams
 
 # One model call costs about as much as this many extra forwarded tokens: tuned on SmolLM2 with
 # packed weights, by 32-seed single-mode sweeps alternating in one process (BENCHMARKS.md).
@@ -199,6 +199,9 @@ class RowPool:
         return [[(*q[w], on[k]) for k, q in enumerate(queues) if w < len(q)] for w in range(max(len(q) for q in queues))]
 
     def _forward(self, jobs: list[_Job]) -> None:
+        on_call_thread(self._forward_here, jobs)  # where streams and traces live on (.streams)
+
+    def _forward_here(self, jobs: list[_Job]) -> None:
         lm = self.scorer.lm
         with lm.lock:
             for wave in self._schedule(jobs):

@@ -25,7 +25,7 @@ from ..fastpath import threads
 from ..models import LoadedModel
 from . import forward, head
 from .scores import Cost, Scores
-from .streams import max_rows, n_streams, row_groups, streams
+from .streams import max_rows, n_streams, on_call_thread, row_groups, streams
 
 
 def validate_tokens(tokens: np.ndarray, vocab_size: int, max_length: int | None = None) -> np.ndarray:
@@ -163,7 +163,11 @@ class ScoringSession:
         return out
 
     def _forward(self, tokens: np.ndarray, first: int, stop: int, poison: np.ndarray | None = None) -> None:
-        """Make predictions for positions first..stop current by forwarding the needed inputs."""
+        """Make predictions for positions first..stop current by forwarding the needed inputs (on
+        the model-call thread, :func:`.streams.on_call_thread`)."""
+        on_call_thread(self._forward_here, tokens, first, stop, poison)
+
+    def _forward_here(self, tokens: np.ndarray, first: int, stop: int, poison: np.ndarray | None = None) -> None:
         lm, s = self.scorer.lm, self.shift
         B = tokens.shape[0]
         inputs = self.scorer.inputs(tokens)
