@@ -59,6 +59,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -115,9 +116,10 @@ def _one(api, config) -> dict:
     return out
 
 
-def worker(index: int, seeds: list[int], busy: bool = False) -> dict:
+def worker(index: int, seeds: list[int], busy: bool = False, threaded: bool = False) -> dict:
     """One configuration: the first run cold in this process (models load), then warm runs per seed
-    (with ``busy``, while another process spins on one core)."""
+    (with ``busy``, while another process spins on one core; with ``threaded``, each run in a new
+    thread, as the dashboard makes them)."""
     label, mode, a, b, length = RUNS[index]
     api = _api()
     RunConfig = api[0]
@@ -138,7 +140,14 @@ def worker(index: int, seeds: list[int], busy: bool = False) -> dict:
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         for seed in seeds:
-            out["warm"].append({"seed": seed, **_one(api, config(seed))})
+            if threaded:
+                box: list = []
+                t = threading.Thread(target=lambda: box.append(_one(api, config(seed))))
+                t.start()
+                t.join()
+                out["warm"].append({"seed": seed, **box[0]})
+            else:
+                out["warm"].append({"seed": seed, **_one(api, config(seed))})
     finally:
         if hog is not None:
             hog.kill()
@@ -146,14 +155,19 @@ def worker(index: int, seeds: list[int], busy: bool = False) -> dict:
 
 
 def _last_json(proc: subprocess.CompletedProcess) -> dict:
+    lines = [line for line in proc.stdout.strip().splitlines() if line.startswith("{")]
+    if proc.returncode != 0 and lines:  # finished its runs, then died on the way out: keep both facts
+        last = (proc.stderr.strip().splitlines() or [""])[-1]
+        return {**json.loads(lines[-1]), "exit": f"exit {proc.returncode} after its runs: {last}"}
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(lines[-1])
 
 
-def _spawn(tree: Path, index: int, seeds: str, busy: bool = False) -> dict:
+def _spawn(tree: Path, index: int, seeds: str, busy: bool = False, threaded: bool = False) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, str(HERE / "bench_runs.py"), "--worker", str(index), "--seeds", seeds] + ["--busy"] * busy
+    cmd += ["--new-thread"] * threaded
     return _last_json(subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, cwd=tree))
 
 
@@ -230,6 +244,8 @@ def main() -> None:
     ap.add_argument("--render", type=Path, default=None, metavar="JSON", help="only print the tables of a saved result")
     ap.add_argument("--only", default=None, help="comma list of configuration numbers (0-based) to run")
     ap.add_argument("--busy", action="store_true", help="also run this tree with a competing process busy on one core")
+    ap.add_argument("--new-thread", action="store_true",
+                    help="make every warm run in a new thread, as the dashboard does (every tree)")
     ap.add_argument("--peers", default="", help=f"comma list of peer engines to run too: {', '.join(PEERS)}")
     ap.add_argument("--peer-python", default=None, metavar="PATH",
                     help="interpreter with torch/transformers/llama-cpp-python for the peers (never tokconv's venv)")
@@ -237,7 +253,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "runs.json")
     args = ap.parse_args()
     if args.worker is not None:
-        print(json.dumps(worker(args.worker, [int(s) for s in args.seeds.split(",")], args.busy)))
+        print(json.dumps(worker(args.worker, [int(s) for s in args.seeds.split(",")], args.busy, args.new_thread)))
         return
     if args.render is not None:
         print(render(json.loads(args.render.read_text())))
@@ -251,13 +267,14 @@ def main() -> None:
     runs = {name: (tree, False) for name, tree in trees.items()} | ({"tokconv, one core busy": (ROOT, True)} if args.busy else {})
     chosen = [int(i) for i in args.only.split(",")] if args.only else range(len(RUNS))
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-               "bandwidth": measure_bandwidth(), "weights": {}, "runs": {}, "baseline_weights": args.baseline_weights}
+               "bandwidth": measure_bandwidth(), "weights": {}, "runs": {}, "baseline_weights": args.baseline_weights,
+               "new_thread": args.new_thread}
     print(json.dumps({"bandwidth": results["bandwidth"]}), flush=True)
     for i in chosen:
         rounds: dict[str, list] = {name: [] for name in [*runs, *peers]}
         for _ in range(args.rounds):
             for name, (tree, busy) in runs.items():
-                rounds[name].append(_spawn(tree, i, args.seeds, busy))
+                rounds[name].append(_spawn(tree, i, args.seeds, busy, args.new_thread))
             for engine in peers:
                 rounds[engine].append(_spawn_peer(args.peer_python, engine, i, rounds["tokconv"][-1], args.peer_timeout))
         for r in rounds["tokconv"]:

@@ -79,7 +79,7 @@ struct slot {
 };
 
 #include "_weights_table.h"
-static int max_rows = 24; /* compact.py sets TOKCONV_COMPACT_MAX_ROWS at load */
+static int max_rows = 48; /* compact.py sets TOKCONV_COMPACT_MAX_ROWS at load */
 static int n_threads = 1;
 static size_t compact_bytes;
 static long long calls, hits; /* statistics for tests and benchmarks */
