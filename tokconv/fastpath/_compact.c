@@ -39,9 +39,8 @@ enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 #define TILE_ROWS 16
 #endif
 /* TILE: most rows multiplied in one pass over the weights, their accumulators in registers. More
- * rows per pass spread the cost of dequantizing each weight over more products; at 20 and 24 gcc
- * ran out of registers (bench: 16 kept 13-24 rows at the rate of 12, where 12 lost a third at 13-20
- * rows). */
+ * rows per pass spread the cost of dequantizing each weight over more products; past 16, gcc runs
+ * out of AVX-512 registers and the passes got slower, not faster. */
 enum { G = 16, TILE = TILE_ROWS, MAX_THREADS = 64 };
 /* A worker spins this long for the next product before it sleeps: a model call's products come a
  * few dozen microseconds apart, and waking a sleeping thread costs about as much as a small product.
@@ -320,7 +319,7 @@ static void run_chunk(const struct job *j, int chunk) {
   int lo = chunk * j->chunk, hi = lo + j->chunk < j->n_blocks ? lo + j->chunk : j->n_blocks;
   for (int nb = lo; nb < hi; nb++) {
     const struct block *col = j->blocks + (size_t)nb * j->kb;
-    /* passes of near-equal rows (13 rows with TILE 12: 7 + 6, not 12 + a one-row pass) */
+    /* passes of near-equal rows (20 rows: 10 + 10, not 16 + a 4-row pass that costs nearly as much) */
     int passes = (j->m + TILE - 1) / TILE;
     for (int p = 0, r0 = 0; p < passes; p++) {
       int rows = (j->m - r0) / (passes - p);

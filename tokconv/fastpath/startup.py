@@ -85,8 +85,8 @@ def prepare_model(model: Any, dtype: str = "auto", cache: Path | None = None) ->
     several times slower). On a CPU the vectorised attention softmax and table RoPE go in, and
     float32 weights get compact copies for short calls (:mod:`.compact`; returned: what it did)
     and MKL's packed copies where available: made now, or, where every weight has a compact form,
-    before the model's first product too long for it (:func:`.packing.ensure`). ``cache``: a folder of the caller's where compact
-    forms are kept between loads (:func:`.compact.compact_model`).
+    before the model's first product too long for it (:func:`.packing.ensure`). ``cache``: a
+    folder of the caller's where compact forms are kept between loads (:func:`.compact.compact_model`).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
