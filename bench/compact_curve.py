@@ -38,19 +38,16 @@ def time_model(weights: list, m: int, rounds: int, compact_on: bool, threads_n: 
     xs = {w.shape[1]: mx.random.normal((m, w.shape[1])) for w in weights}
     mx.eval(list(xs.values()))
     out = []
-    with compact.max_rows(4096 if compact_on else 0), threads.compute(1) as n:
+    # compute() gives every core; the next one puts them back after a 1-thread column (the count is
+    # recorded wherever it is set: before 2026-11-30 evening, later "2 threads" columns ran on 1)
+    with compact.max_rows(4096 if compact_on else 0), threads.compute(1):
         if threads_n:
             threads.set_blas_threads(threads_n)
-        try:
-            for _ in range(rounds):
-                t = time.perf_counter()
-                for w in weights:
-                    mx.eval(xs[w.shape[1]] @ w.T)
-                out.append(time.perf_counter() - t)
-        finally:
-            # compute() sets the count only when it thinks it changed: put back what it set, or
-            # every later "2 threads" column would run on this one (as before 2026-11-30 evening)
-            threads.set_blas_threads(n)
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for w in weights:
+                mx.eval(xs[w.shape[1]] @ w.T)
+            out.append(time.perf_counter() - t)
     return min(out)  # the least disturbed round: the machine is shared
 
 

@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..paths import cache_dir
@@ -54,3 +56,18 @@ def cpu_vendor() -> bytes:
 def cpu_flags() -> bytes:
     """This CPU's feature flags (``/proc/cpuinfo``): part of the cache key of code built with ``-march=native``."""
     return _cpuinfo(b"flags")
+
+
+@contextmanager
+def setting(get: Callable[[], int] | None, set_: Callable[[int], object], value: int) -> Iterator[None]:
+    """A built library's process-wide setting at ``value`` inside the block, put back after it;
+    nothing where the library is absent (``get`` None)."""
+    if get is None:
+        yield
+        return
+    before = get()
+    set_(value)
+    try:
+        yield
+    finally:
+        set_(before)

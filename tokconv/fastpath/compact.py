@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .build import built, cpu_flags
+from .build import built, cpu_flags, setting
 
 _SOURCE = Path(__file__).with_name("_compact.c")
 DEFAULT_MAX_ROWS = 48  # bench/compact_curve.py: compact ahead of MKL up to ~56 rows on both cores
@@ -131,15 +131,8 @@ def max_rows(rows: int) -> Iterator[None]:
     """Inside the block, products with at most ``rows`` rows use compact weights (0: none do); for
     side-by-side measurements and tests. Process-wide."""
     lib = _lib
-    if lib is None:
+    with setting(lib and lib.tokconv_compact_get_max_rows, lib and lib.tokconv_compact_set_max_rows, rows):
         yield
-        return
-    before = lib.tokconv_compact_get_max_rows()
-    lib.tokconv_compact_set_max_rows(rows)
-    try:
-        yield
-    finally:
-        lib.tokconv_compact_set_max_rows(before)
 
 
 def add(weight: np.ndarray) -> int:

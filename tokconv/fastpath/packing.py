@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import compact, threads
-from .build import built
+from .build import built, setting
 
 _SOURCE = Path(__file__).with_name("_mkl_pack.c")
 _lib: ctypes.CDLL | None = None  # set by load_in_front_of during the fast-path setup
@@ -108,15 +108,8 @@ def max_rows(rows: int) -> Iterator[None]:
     """Inside the block, matmuls with at most ``rows`` rows use the packs (0: none do); for
     side-by-side measurements and tests. Process-wide, like the BLAS thread count."""
     lib = library()
-    if lib is None:
+    with setting(lib and lib.tokconv_pack_get_max_rows, lib and lib.tokconv_pack_set_max_rows, rows):
         yield
-        return
-    before = lib.tokconv_pack_get_max_rows()
-    lib.tokconv_pack_set_max_rows(rows)
-    try:
-        yield
-    finally:
-        lib.tokconv_pack_set_max_rows(before)
 
 
 def matmul_weights(model: Any) -> list[Any]:

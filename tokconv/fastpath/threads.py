@@ -72,14 +72,13 @@ def compute(streams: int = 1) -> Iterator[int]:
     OpenBLAS and MKL threads spin while they wait, so two such calls at once (two dashboard
     sessions) would fight over the cores: calls take turns instead. A no-op off the CPU fast path.
     """
-    global _blas_threads_now
     if not _enabled:
         yield 1
         return
     with _compute_lock:
         n = fixed_blas_threads() or max(1, cores() // max(1, streams))
-        if n != _blas_threads_now and set_blas_threads(n):
-            _blas_threads_now = n
+        if n != _blas_threads_now:
+            set_blas_threads(n)
         yield n
 
 
@@ -87,23 +86,27 @@ def compute(streams: int = 1) -> Iterator[int]:
 def kept() -> Iterator[None]:
     """Whatever the block does to the BLAS thread count is undone after it (a pack made inside
     a call on several streams must not leave the call's threads changed)."""
-    global _blas_threads_now
     with _compute_lock:
         before = _blas_threads_now
         try:
             yield
         finally:
-            if _blas_threads_now != before and before > 0 and set_blas_threads(before):
-                _blas_threads_now = before
+            if _blas_threads_now != before and before > 0:
+                set_blas_threads(before)
 
 
 def set_blas_threads(n: int) -> bool:
-    """Set the optimized BLAS's thread count; False when none with a known setter is loaded."""
+    """Set the optimized BLAS's thread count; False when none with a known setter is loaded.
+
+    The count is recorded here, wherever it is set from, so that :func:`compute` and :func:`kept`
+    never trust a stale one (a benchmark that set 1 thread once left every later call on 1)."""
+    global _blas_threads_now
     compact.set_threads(n)  # the compact-weight kernel takes the same number of threads
     process = ctypes.CDLL(None)
     setter = next((getattr(process, name) for name in _SET_THREADS if hasattr(process, name)), None)
     if setter is not None:
         setter(ctypes.c_int(n))
+        _blas_threads_now = n
     return setter is not None
 
 
@@ -119,11 +122,9 @@ def get_blas_threads() -> int | None:
 def default_blas_threads() -> str:
     """Start with one BLAS thread (or the user's fixed count); :func:`compute` raises it per call.
     Returns the words for the notice line ("" when no known BLAS is loaded)."""
-    global _blas_threads_now
     n = fixed_blas_threads()
     if not set_blas_threads(n or 1):
         return ""
-    _blas_threads_now = n or 1
     if n:
         return f", {n} thread(s) fixed"
     return f", {cores()} threads for one sequence, 1 per stream for batches" if cores() > 1 else ", 1 thread"
