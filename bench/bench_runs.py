@@ -119,7 +119,7 @@ def _one(api, config) -> dict:
 def worker(index: int, seeds: list[int], busy: bool = False, threaded: bool = False) -> dict:
     """One configuration: the first run cold in this process (models load), then warm runs per seed
     (with ``busy``, while another process spins on one core; with ``threaded``, each run in a new
-    thread, as the dashboard makes them)."""
+    thread, as the dashboard makes them), then the first seed once more ("repeat": no new shapes)."""
     label, mode, a, b, length = RUNS[index]
     api = _api()
     RunConfig = api[0]
@@ -148,6 +148,8 @@ def worker(index: int, seeds: list[int], busy: bool = False, threaded: bool = Fa
                 out["warm"].append({"seed": seed, **box[0]})
             else:
                 out["warm"].append({"seed": seed, **_one(api, config(seed))})
+        # the first warm seed again: every input shape already met (#17 item 4: what new shapes cost)
+        out["repeat"] = {"seed": seeds[0], **_one(api, config(seeds[0]))}
     finally:
         if hog is not None:
             hog.kill()
@@ -316,21 +318,23 @@ def render(results: dict) -> str:
     first = next(iter(results["runs"].values()))
     names = list(first)
     lines = [f"Machine: {results['machine']}.", "",
-             "| run | engine | warm s | fresh s | calls | forwarded tokens | warm ms/call | tokconv speedup warm | tokconv speedup fresh |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| run | engine | warm s | repeat s | fresh s | calls | forwarded tokens | warm ms/call | tokconv speedup warm | tokconv speedup fresh |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for label, rounds in results["runs"].items():
         tw, tf = _median(rounds["tokconv"], "seconds"), _median(rounds["tokconv"], "fresh_s")
         for n in names:
             rs = rounds[n]
             err = next((r["error"] for r in rs if "error" in r), None)
             if err and not any("error" not in r for r in rs):
-                lines.append(f"| {label} | {n} | failed: {err[:120]} | | | | | | |")
+                lines.append(f"| {label} | {n} | failed: {err[:120]} | | | | | | | |")
                 continue
             w, f = _median(rs, "seconds"), _median(rs, "fresh_s")
             sp = "-" if n == "tokconv" else f"{w / tw:.1f}x"
             spf = "-" if n == "tokconv" else f"{f / tf:.1f}x"
             per = statistics.median(x["seconds"] / x["calls"] for x in _warm(rs) if x["calls"]) if _warm(rs) else float("nan")
-            lines.append(f"| {label} | {n} | {w:.2f} | {f:.1f} | {_median(rs, 'calls'):.0f} | {_median(rs, 'tokens'):.0f} | "
+            reps = [r["repeat"]["seconds"] for r in rs if "repeat" in r]  # older results and peers: none
+            rep = f"{statistics.median(reps):.2f}" if reps else "-"
+            lines.append(f"| {label} | {n} | {w:.2f} | {rep} | {f:.1f} | {_median(rs, 'calls'):.0f} | {_median(rs, 'tokens'):.0f} | "
                          f"{1e3 * per:.0f} | {sp} | {spf} |")
     # the floor takes the better of the two bandwidth measurements (start and end of the invocation):
     # on a shared machine the lower one is mostly other processes' traffic

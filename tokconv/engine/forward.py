@@ -28,6 +28,7 @@ from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 from ..errors import TokconvError
 from ..fastpath import compact, packing
 from ..models import LoadedModel
+from . import lean
 
 # Distinct input shapes one compiled function may collect traces for before it is rebuilt
 # (each trace keeps its graph; long sweeps see many shapes).
@@ -148,8 +149,11 @@ def call(lm: LoadedModel, tokens: Any, caches: list, stream: Any) -> Any:
         if not isinstance(caches[0], PastKV) or os.environ.get("TOKCONV_NO_COMPILE") == "1":
             return lm.model(tokens, cache=caches)
         past = [(c.keys, c.values) for c in caches] if caches[0].keys is not None else []
-        fn = _compiled(lm, stream, (tuple(tokens.shape), caches[0].offset))
-        logits, kv = fn(tokens, past)
+        if lean.applies(lm, tokens, caches[0].offset):  # one trace for every shape (llama, qwen2)
+            logits, kv = lean.call(lm, tokens, past, stream)
+        else:
+            fn = _compiled(lm, stream, (tuple(tokens.shape), caches[0].offset))
+            logits, kv = fn(tokens, past)
     for c, (k, v) in zip(caches, kv):
         c.keys, c.values, c.offset = k, v, int(k.shape[2])
     return logits

@@ -9,7 +9,8 @@ the vectorised attention and RoPE of :mod:`.kernels`, and MKL's packed weights (
 Environment: ``TOKCONV_BLAS`` (a library exporting ``cblas_sgemm``), and ``=1`` switches
 ``TOKCONV_NO_FAST_BLAS``, ``TOKCONV_NO_MKL``, ``TOKCONV_NO_JIT_FLAGS``, ``TOKCONV_NO_MALLOC_TUNING``,
 ``TOKCONV_NO_REEXEC``, ``TOKCONV_NO_FAST_EXP`` (mlx-lm's own attention and RoPE),
-``TOKCONV_NO_COMPILE`` (uncompiled model calls, :mod:`tokconv.engine.forward`), ``TOKCONV_NO_PACK`` (no MKL
+``TOKCONV_NO_COMPILE`` (uncompiled model calls, :mod:`tokconv.engine.forward`), ``TOKCONV_NO_SHAPELESS``
+(a trace per input shape, :mod:`tokconv.engine.lean`), ``TOKCONV_NO_PACK`` (no MKL
 packed weights), ``TOKCONV_NO_COMPACT`` (no compact 8-bit weights, :mod:`.compact`);
 ``TOKCONV_PACK_MAX_ROWS`` (most rows a packed matmul may have, 1024), ``TOKCONV_COMPACT_MAX_ROWS``;
 ``TOKCONV_BLAS_THREADS`` fixes the BLAS thread count (``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` too).

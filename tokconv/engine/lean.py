@@ -1,0 +1,252 @@
+"""Llama-family model calls from one compiled trace for every input length and cache offset.
+
+:func:`.forward.call` traces mlx-lm's model once per (input shape, cache offset). A trace costs
+tens of milliseconds (Python builds the graph, MLX simplifies and fuses it), and a battle meets a new
+shape on most of its calls, because the text is re-encoded after every move; BENCHMARKS.md has the
+numbers. This module writes the same layers with operations whose output shapes MLX infers from their
+inputs (no slices, no reshape with two unknown sizes, no broadcast to a fixed shape), so that one
+``mx.compile(shapeless=True)`` trace serves every call:
+
+- RoPE's rotate-half is a product with a signed permutation matrix (exact: one term is the value,
+  the others are zeros) instead of two slices;
+- grouped-query heads get their keys and values repeated by a concatenation, not a broadcast;
+- the causal mask, cos and sin come in as inputs.
+
+The arithmetic is mlx-lm's operation for operation, so the logits and the cache are bit for bit
+those of :func:`.forward.call` (``tests/test_lean.py``). Where that was not so, or MLX failed, the
+call keeps the per-shape trace: batches of more than one row (the last bits differed past the
+compact kernel's row limit), an empty cache (MLX crashed replaying a shapeless trace with one), and
+biased projections on products too long for the compact kernel (mlx-lm's fused bias add rounds
+differently in BLAS). The trace itself is made on a two-token call after two cached positions:
+replays of traces made on a one-token call corrupted memory.
+
+Scope: mlx-lm's ``llama`` and ``qwen2`` models (SmolLM2, Qwen2.5) with tokconv's table RoPE and
+attention (:mod:`tokconv.fastpath.kernels`, Linux CPU). ``TOKCONV_NO_SHAPELESS=1`` turns it off.
+Hand-written because mlx-lm's layers use shape-fixed reshapes and slices that a shapeless trace
+rejects.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx_lm.models.activations import swiglu
+
+from ..fastpath import compact, kernels
+from ..models import LoadedModel
+
+ARCHITECTURES = ("llama", "qwen2")
+# Compiled functions kept per model: one per stream (a trace records its stream).
+MAX_STREAMS = 8
+
+
+@dataclass(frozen=True)
+class _Layer:
+    norm1: Any
+    eps1: float
+    norm2: Any
+    eps2: float
+    q: Any  # weights transposed (views, evaluated once: no transpose node per call)
+    k: Any
+    v: Any
+    o: Any
+    bq: Any
+    bk: Any
+    bv: Any
+    gate: Any
+    up: Any
+    down: Any
+
+
+@dataclass
+class _Lean:
+    """One model's layers in the form the shapeless step reads, and its compiled steps per stream."""
+
+    embed: Any
+    head: Any
+    norm: Any
+    eps: float
+    layers: list
+    heads: int
+    kv_heads: int
+    head_dim: int
+    scale: float
+    rope: tuple  # dims, base, scale
+    perm: Any  # (D, D): x @ perm = concatenate([-x2, x1]) for halves x1, x2
+    biased: bool
+    steps: dict = field(default_factory=dict)
+    traces: int = 0  # times the Python step ran: once per compiled function (tests)
+
+
+_state: "weakref.WeakKeyDictionary[LoadedModel, _Lean | None]" = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def enabled() -> bool:
+    """False when the user turned shapeless calls off (``TOKCONV_NO_SHAPELESS=1``)."""
+    return os.environ.get("TOKCONV_NO_SHAPELESS") != "1"
+
+
+def _linear(m: Any) -> bool:
+    return type(m) is nn.Linear
+
+
+def _build(lm: LoadedModel) -> _Lean | None:
+    """The lean form of ``lm``, or None where its layers are not the ones written here."""
+    model = lm.model
+    args = getattr(model, "args", None)
+    inner = getattr(model, "model", None)
+    if getattr(args, "model_type", None) not in ARCHITECTURES or inner is None:
+        return None
+    if any(t != "full_attention" for t in (getattr(args, "layer_types", None) or ())):
+        return None
+    tied = bool(getattr(args, "tie_word_embeddings", False))
+    head = inner.embed_tokens if tied else getattr(model, "lm_head", None)
+    if type(inner.embed_tokens) is not nn.Embedding or head is None or (not tied and (not _linear(head) or "bias" in head)):
+        return None
+    layers, first = [], inner.layers[0].self_attn
+    for layer in inner.layers:
+        at, mlp = layer.self_attn, getattr(layer, "mlp", None)
+        projections = (at.q_proj, at.k_proj, at.v_proj, at.o_proj, mlp and mlp.gate_proj, mlp and mlp.up_proj, mlp and mlp.down_proj)
+        if not all(_linear(p) for p in projections) or any("bias" in p for p in projections[3:]):
+            return None
+        if type(layer.input_layernorm) is not nn.RMSNorm or type(layer.post_attention_layernorm) is not nn.RMSNorm:
+            return None
+        rope = at.rope
+        if type(rope) is not kernels.TableRoPE or rope.traditional or (at.n_heads, at.n_kv_heads) != (first.n_heads, first.n_kv_heads):
+            return None
+        biases = [p["bias"] if "bias" in p else None for p in projections[:3]]
+        if len({b is None for b in biases}) != 1:
+            return None
+        layers.append(_Layer(layer.input_layernorm.weight, layer.input_layernorm.eps, layer.post_attention_layernorm.weight,
+                             layer.post_attention_layernorm.eps, *(p.weight.T for p in projections[:4]), *biases,
+                             *(p.weight.T for p in projections[4:])))
+    if type(inner.norm) is not nn.RMSNorm:
+        return None
+    H, Hkv = first.n_heads, first.n_kv_heads
+    D = first.q_proj.weight.shape[0] // H
+    if H % Hkv or first.rope.dims != D or D % 2 or first.scale != D**-0.5:
+        return None
+    half = D // 2
+    perm = np.zeros((D, D), np.float32)
+    perm[np.arange(half) + half, np.arange(half)] = -1.0
+    perm[np.arange(half), np.arange(half) + half] = 1.0
+    out = _Lean(inner.embed_tokens.weight, head.weight.T, inner.norm.weight, inner.norm.eps, layers, H, Hkv, D,
+                first.scale, (first.rope.dims, first.rope.base, first.rope.scale), mx.array(perm), layers[0].bq is not None)
+    mx.eval(out.head, out.perm, [[a for a in vars(layer).values() if isinstance(a, mx.array)] for layer in layers])
+    return out
+
+
+def _of(lm: LoadedModel) -> _Lean | None:
+    with _lock:
+        if lm not in _state:
+            _state[lm] = _build(lm)
+        return _state[lm]
+
+
+def _step(lean: _Lean):
+    """The call as a function of (tokens (1, n), past [(keys, values)] per layer, cos, sin (n, 1, D),
+    allowed (n, T)): mlx-lm's llama/qwen2 forward with the kernels of :mod:`tokconv.fastpath.kernels`."""
+    H, Hkv, D = lean.heads, lean.kv_heads, lean.head_dim
+    rep = H // Hkv
+
+    def rope(x, cos, sin):  # (1, n, heads, D) -> (1, heads, n, D)
+        return (x * cos + (x @ lean.perm) * sin).transpose(0, 2, 1, 3)
+
+    def repeat(x):  # (1, Hkv, T, D) -> (1, Hkv, rep, T, D)
+        x = mx.expand_dims(x, 2)
+        return mx.concatenate([x] * rep, axis=2) if rep > 1 else x
+
+    def step(tokens, past, cos, sin, allowed):
+        lean.traces += 1
+        x = lean.embed[tokens]
+        kv = []
+        for layer, (pk, pv) in zip(lean.layers, past):
+            y = mx.fast.rms_norm(x, layer.norm1, layer.eps1)
+            q, k, v = y @ layer.q, y @ layer.k, y @ layer.v
+            if layer.bq is not None:
+                q, k, v = q + layer.bq, k + layer.bk, v + layer.bv
+            q = rope(mx.unflatten(q, 2, (H, D)), cos, sin)
+            k = mx.concatenate([pk, rope(mx.unflatten(k, 2, (Hkv, D)), cos, sin)], axis=2)
+            v = mx.concatenate([pv, mx.unflatten(v, 2, (Hkv, D)).transpose(0, 2, 1, 3)], axis=2)
+            kv.append((k, v))
+            s = (q * lean.scale).reshape(1, Hkv, rep, -1, D) @ repeat(k).swapaxes(-1, -2)  # (1, Hkv, rep, n, T)
+            s = mx.where(allowed, s, mx.array(-mx.inf, s.dtype))
+            o = (kernels.softmax(s) @ repeat(v)).reshape(1, H, -1, D).transpose(0, 2, 1, 3)
+            x = x + mx.flatten(o, 2, 3) @ layer.o
+            y = mx.fast.rms_norm(x, layer.norm2, layer.eps2)
+            x = x + swiglu(y @ layer.gate, y @ layer.up) @ layer.down
+        return mx.fast.rms_norm(x, lean.norm, lean.eps) @ lean.head, kv
+
+    return step
+
+
+_tables: dict = {}
+
+
+def _rope_tables(lean: _Lean, length: int) -> tuple[Any, Any]:
+    """cos and sin over the whole head dimension, (n >= length, 1, D), from the shared tables."""
+    cos, sin = kernels.rope_tables(*lean.rope, length)
+    with _lock:
+        key = (lean.rope, cos.shape[0])
+        if key not in _tables:
+            _tables[key] = tuple(mx.concatenate([t, t], axis=-1)[:, None, :] for t in (cos, sin))
+            mx.eval(_tables[key])
+        return _tables[key]
+
+
+@functools.lru_cache(maxsize=512)
+def _mask(n: int, offset: int) -> Any:
+    """Which of the offset + n keys each of the n new queries may see (causal)."""
+    out = mx.arange(offset + n)[None, :] <= (mx.arange(n) + offset)[:, None]
+    mx.eval(out)
+    return out
+
+
+def _inputs(lean: _Lean, n: int, offset: int) -> tuple[Any, Any, Any]:
+    cos, sin = _rope_tables(lean, offset + n)
+    return cos[offset : offset + n], sin[offset : offset + n], _mask(n, offset)
+
+
+def _compiled(lean: _Lean, stream: Any) -> Any:
+    """The shapeless step for ``stream``, traced at once on a two-token call after two positions."""
+    key = str(stream)
+    fn = lean.steps.get(key)
+    if fn is None:
+        while len(lean.steps) >= MAX_STREAMS:
+            lean.steps.pop(next(iter(lean.steps)))
+        fn = lean.steps[key] = mx.compile(_step(lean), shapeless=True)
+        past = [tuple(mx.zeros((1, lean.kv_heads, 2, lean.head_dim)) for _ in "kv") for _ in lean.layers]
+        fn(mx.zeros((1, 2), mx.int32), past, *_inputs(lean, 2, 2))  # traced, never evaluated
+    return fn
+
+
+def applies(lm: LoadedModel, tokens: Any, offset: int) -> bool:
+    """Whether :func:`call` serves this call (else :func:`.forward.call` traces its shape)."""
+    if offset < 1 or tokens.shape[0] != 1 or not enabled():
+        return False
+    lean = _of(lm)
+    if lean is None:
+        return False
+    if lean.biased:  # bit-identical only where every product runs on compact weights
+        report = lm.compact
+        if report is None or report.compact != report.matrices or tokens.shape[1] > compact.current_max_rows():
+            return False
+    return True
+
+
+def call(lm: LoadedModel, tokens: Any, past: list, stream: Any) -> tuple[Any, list]:
+    """Logits (1, n, V) for ``tokens`` (1, n) after ``past`` (keys, values) per layer, and the new
+    keys and values; only where :func:`applies`. Runs on ``stream``."""
+    lean = _of(lm)
+    with mx.stream(stream):
+        fn = _compiled(lean, stream)
+        return fn(tokens.astype(mx.int32), past, *_inputs(lean, tokens.shape[1], past[0][0].shape[2]))
