@@ -107,13 +107,19 @@ def test_biased_projections_go_shapeless_only_on_compact_products(monkeypatch):
 
 
 def test_other_layers_are_left_to_mlx_lm():
+    import mlx.core as mx
+
     from tokconv.fastpath import kernels
 
     kernels.install()
     assert lean._of(make_tiny_lm(seed=3)) is None  # mlx's own RoPE, not the table one
     lm = _lean_tiny(seed=4)
+    assert lean._build(lm) is not None
     lm.model.args.layer_types = ["sliding_attention", "full_attention"]
     assert lean._build(lm) is None
+    lm = _lean_tiny(seed=4)
+    lm.model.set_dtype(mx.bfloat16)
+    assert lean._build(lm) is None  # mlx-lm's arithmetic in bfloat16 is not what the float32 tables give
 
 
 @pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-coder-0.5b"])

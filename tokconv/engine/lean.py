@@ -112,6 +112,8 @@ def _build(lm: LoadedModel) -> _Lean | None:
     head = inner.embed_tokens if tied else getattr(model, "lm_head", None)
     if type(inner.embed_tokens) is not nn.Embedding or head is None or (not tied and (not _linear(head) or "bias" in head)):
         return None
+    if inner.embed_tokens.weight.dtype != mx.float32:  # the tables and the permutation are float32
+        return None
     layers, first = [], inner.layers[0].self_attn
     for layer in inner.layers:
         at, mlp = layer.self_attn, getattr(layer, "mlp", None)
@@ -121,7 +123,10 @@ def _build(lm: LoadedModel) -> _Lean | None:
         if type(layer.input_layernorm) is not nn.RMSNorm or type(layer.post_attention_layernorm) is not nn.RMSNorm:
             return None
         rope = at.rope
-        if type(rope) is not kernels.TableRoPE or rope.traditional or (at.n_heads, at.n_kv_heads) != (first.n_heads, first.n_kv_heads):
+        if type(rope) is not kernels.TableRoPE or rope.traditional:
+            return None
+        if (at.n_heads, at.n_kv_heads, rope.dims, rope.base, rope.scale) != (
+                first.n_heads, first.n_kv_heads, first.rope.dims, first.rope.base, first.rope.scale):
             return None
         biases = [p["bias"] if "bias" in p else None for p in projections[:3]]
         if len({b is None for b in biases}) != 1:
