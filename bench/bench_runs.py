@@ -70,7 +70,15 @@ RUNS = [
     ("SmolLM2 single, L=20", "single", "smollm2-135m", None, 20),
     ("SmolLM2 vs Qwen adversarial-single, L=20 (default battle)", "adversarial-single", "smollm2-135m", "qwen2.5-coder-0.5b", 20),
     ("SmolLM2 vs Qwen adversarial, L=20", "adversarial", "smollm2-135m", "qwen2.5-coder-0.5b", 20),
+    # the other modes, Qwen alone and L=64 (#17 asks for every mode at L=20 and L=64); peers: the three above
+    ("Qwen single, L=20", "single", "qwen2.5-coder-0.5b", None, 20),
+    ("SmolLM2 sequential, L=20", "sequential", "smollm2-135m", None, 20),
+    ("SmolLM2 batch, L=20", "batch", "smollm2-135m", None, 20),
+    ("SmolLM2 vs Qwen adversarial, L=64", "adversarial", "smollm2-135m", "qwen2.5-coder-0.5b", 64),
+    ("SmolLM2 single, L=64", "single", "smollm2-135m", None, 64),
+    ("SmolLM2 vs Qwen adversarial-single, L=64", "adversarial-single", "smollm2-135m", "qwen2.5-coder-0.5b", 64),
 ]
+PEER_MODES = ("single", "adversarial-single", "adversarial")  # the modes bench/peer_runs.py writes
 PEERS = ("torch", "llamacpp", "llamacpp-kv")
 ITERATIONS = 300
 
@@ -176,6 +184,8 @@ def _spawn(tree: Path, index: int, seeds: str, busy: bool = False, threaded: boo
 def _spawn_peer(python: str, engine: str, index: int, tokconv_result: dict, timeout: int) -> dict:
     """The peer worker (bench/peer_runs.py under ``python``) on the start tokens tokconv used."""
     _, mode, a, b, _ = RUNS[index]
+    if mode not in PEER_MODES:
+        return {"error": f"bench/peer_runs.py has no {mode} mode"}
     if "error" in tokconv_result or "gguf" not in tokconv_result:
         return {"error": "no start tokens or GGUF paths: the tokconv worker of this round failed"}
     fresh = tokconv_result["fresh"]

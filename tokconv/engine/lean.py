@@ -17,8 +17,11 @@ those of :func:`.forward.call` (``tests/test_lean.py``). Where that was not so, 
 call keeps the per-shape trace: batches of more than one row (the last bits differed past the
 compact kernel's row limit), an empty cache (MLX crashed replaying a shapeless trace with one), and
 biased projections on products too long for the compact kernel (mlx-lm's fused bias add rounds
-differently in BLAS). The trace itself is made on a two-token call after two cached positions:
-replays of traces made on a one-token call corrupted memory.
+differently in BLAS). One-token calls go shapeless only the first time their shape comes on a stream
+(:func:`takes`): their shapeless replay costs ~10% more than a per-shape one and their shapes recur
+(one per cache offset, at most the sequence length; adversarial runs are made of them), so a shape
+that comes back pays for its trace once; the two give the same bits. The trace itself is made on a
+two-token call after two cached positions: replays of traces made on a one-token call corrupted memory.
 
 Scope: mlx-lm's ``llama`` and ``qwen2`` models (SmolLM2, Qwen2.5) with tokconv's table RoPE and
 attention (:mod:`tokconv.fastpath.kernels`, Linux CPU). ``TOKCONV_NO_SHAPELESS=1`` turns it off.
@@ -46,6 +49,8 @@ from ..models import LoadedModel
 ARCHITECTURES = ("llama", "qwen2")
 # Compiled functions kept per model: one per stream (a trace records its stream).
 MAX_STREAMS = 8
+# One-token shapes remembered per model (see takes) before the memory starts over.
+MAX_MET = 4096
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class _Lean:
     biased: bool
     steps: dict = field(default_factory=dict)
     traces: int = 0  # times the Python step ran: once per compiled function (tests)
+    met: set = field(default_factory=set)  # (stream, cache offset) of one-token calls served here
 
 
 _state: "weakref.WeakKeyDictionary[LoadedModel, _Lean | None]" = weakref.WeakKeyDictionary()
@@ -245,6 +251,22 @@ def applies(lm: LoadedModel, tokens: Any, offset: int) -> bool:
         report = lm.compact
         if report is None or report.compact != report.matrices or tokens.shape[1] > compact.current_max_rows():
             return False
+    return True
+
+
+def takes(lm: LoadedModel, tokens: Any, offset: int, stream_key: str) -> bool:
+    """Whether :func:`call` serves this call: it :func:`applies`, and a one-token call's shape is new
+    on this stream (the second time it comes, forward.call traces it)."""
+    if not applies(lm, tokens, offset):
+        return False
+    if tokens.shape[1] > 1:
+        return True
+    met = _of(lm).met
+    if (stream_key, offset) in met:
+        return False
+    if len(met) >= MAX_MET:
+        met.clear()
+    met.add((stream_key, offset))
     return True
 
 
