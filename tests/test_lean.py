@@ -111,8 +111,10 @@ def test_biased_projections_go_shapeless_only_on_compact_products(monkeypatch):
     assert not lean.applies(lm, np.zeros((1, 3)), 2)  # no compact weights: BLAS adds the bias its own way
     rng = np.random.default_rng(2)
     prefix, tokens = rng.integers(0, 80, (1, 5)), rng.integers(0, 80, (1, 3))
-    monkeypatch.setattr(lean, "applies", lambda lm, tokens, offset: offset > 0)  # the arithmetic itself, on BLAS
+    # the arithmetic itself, on BLAS
+    monkeypatch.setattr(lean, "_serving", lambda lm, tokens, offset: lean._of(lm) if offset > 0 else None)
     got = _call(lm, prefix, tokens, True, monkeypatch)
+    assert lean._of(lm).traces == 1  # the shapeless step made these logits
     monkeypatch.undo()
     want = _call(lm, prefix, tokens, False, monkeypatch)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)

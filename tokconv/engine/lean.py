@@ -200,24 +200,24 @@ def _step(lean: _Lean):
     return step
 
 
-_tables: dict = {}
+_tables: dict = {}  # RoPE (dims, base, scale) -> full-width cos, sin
 
 
 def _rope_tables(lean: _Lean, length: int) -> tuple[Any, Any]:
     """cos and sin over the whole head dimension, (n >= length, 1, D), from the shared tables."""
     cos, sin = kernels.rope_tables(*lean.rope, length)
     with _lock:
-        key = (lean.rope, cos.shape[0])
-        if key not in _tables:
-            _tables[key] = tuple(mx.concatenate([t, t], axis=-1)[:, None, :] for t in (cos, sin))
-            mx.eval(_tables[key])
-        return _tables[key]
+        have = _tables.get(lean.rope)
+        if have is None or have[0].shape[0] != cos.shape[0]:  # the shared tables grew
+            have = _tables[lean.rope] = tuple(mx.concatenate([t, t], axis=-1)[:, None, :] for t in (cos, sin))
+            mx.eval(have)
+        return have
 
 
 @functools.lru_cache(maxsize=512)
 def _mask(n: int, offset: int) -> Any:
     """Which of the offset + n keys each of the n new queries may see (causal)."""
-    out = mx.arange(offset + n)[None, :] <= (mx.arange(n) + offset)[:, None]
+    out = kernels.causal(n, offset + n)
     mx.eval(out)
     return out
 
@@ -240,40 +240,39 @@ def _compiled(lean: _Lean, stream: Any) -> Any:
     return fn
 
 
-def applies(lm: LoadedModel, tokens: Any, offset: int) -> bool:
-    """Whether :func:`call` serves this call (else :func:`.forward.call` traces its shape)."""
+def _serving(lm: LoadedModel, tokens: Any, offset: int) -> _Lean | None:
+    """The lean form of ``lm`` where it may serve this call, else None."""
     if offset < 1 or tokens.shape[0] != 1 or not enabled():
-        return False
+        return None
     lean = _of(lm)
-    if lean is None:
-        return False
-    if lean.biased:  # bit-identical only where every product runs on compact weights
-        report = lm.compact
-        if report is None or report.compact != report.matrices or tokens.shape[1] > compact.current_max_rows():
-            return False
-    return True
+    if lean is not None and lean.biased:  # bit-identical only where every product runs on compact weights
+        if lm.compact is None or not lm.compact.complete or tokens.shape[1] > compact.current_max_rows():
+            return None
+    return lean
 
 
-def takes(lm: LoadedModel, tokens: Any, offset: int, stream_key: str) -> bool:
-    """Whether :func:`call` serves this call: it :func:`applies`, and a one-token call's shape is new
-    on this stream (the second time it comes, forward.call traces it)."""
-    if not applies(lm, tokens, offset):
-        return False
-    if tokens.shape[1] > 1:
-        return True
-    met = _of(lm).met
-    if (stream_key, offset) in met:
-        return False
-    if len(met) >= MAX_MET:
-        met.clear()
-    met.add((stream_key, offset))
-    return True
+def applies(lm: LoadedModel, tokens: Any, offset: int) -> bool:
+    """Whether the shapeless step may serve this call (else :func:`.forward.call` traces its shape)."""
+    return _serving(lm, tokens, offset) is not None
 
 
-def call(lm: LoadedModel, tokens: Any, past: list, stream: Any) -> tuple[Any, list]:
+def takes(lm: LoadedModel, tokens: Any, offset: int, stream_key: str) -> _Lean | None:
+    """The lean form to :func:`call` with where it serves this call: it :func:`applies`, and a
+    one-token call's shape is new on this stream (the second time it comes, forward.call traces it)."""
+    lean = _serving(lm, tokens, offset)
+    if lean is None or tokens.shape[1] > 1:
+        return lean
+    if (stream_key, offset) in lean.met:
+        return None
+    if len(lean.met) >= MAX_MET:
+        lean.met.clear()
+    lean.met.add((stream_key, offset))
+    return lean
+
+
+def call(lean: _Lean, tokens: Any, past: list, stream: Any) -> tuple[Any, list]:
     """Logits (1, n, V) for ``tokens`` (1, n) after ``past`` (keys, values) per layer, and the new
-    keys and values; only where :func:`applies`. Runs on ``stream``."""
-    lean = _of(lm)
+    keys and values, for the lean form :func:`takes` gave. Runs on ``stream``."""
     with mx.stream(stream):
         fn = _compiled(lean, stream)
         return fn(tokens.astype(mx.int32), past, *_inputs(lean, tokens.shape[1], past[0][0].shape[2]))

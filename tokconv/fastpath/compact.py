@@ -172,6 +172,11 @@ class CompactReport:
     bytes: int  # memory they take in compact form
     refused: tuple[str, ...] = ()  # "name: reason" for matrices left on BLAS
 
+    @property
+    def complete(self) -> bool:
+        """Every matrix offered has a compact form (short products never reach the BLAS)."""
+        return self.compact == self.matrices
+
 
 # The cache folder's name: bump when struct block in _compact.c changes.
 CACHE_FORMAT = "compact-v1"

@@ -49,6 +49,11 @@ def softmax(scores: mx.array) -> mx.array:
     return e / mx.sum(e, axis=-1, keepdims=True)
 
 
+def causal(n: int, total: int) -> mx.array:
+    """Which of ``total`` keys each of the last ``n`` queries may see: (n, total) bool."""
+    return mx.arange(total)[None, :] <= (mx.arange(n) + (total - n))[:, None]
+
+
 def attention(queries, keys, values, cache, scale: float, mask, sinks=None):
     """mlx-lm's ``scaled_dot_product_attention`` for CPU, with the vectorised :func:`softmax`.
 
@@ -65,8 +70,7 @@ def attention(queries, keys, values, cache, scale: float, mask, sinks=None):
     if isinstance(mask, str):
         if mask != "causal":
             raise ValueError(f"unsupported attention mask {mask!r}")
-        allowed = mx.arange(T)[None, :] <= (mx.arange(n) + (T - n))[:, None]
-        s = mx.where(allowed, s, mx.array(-mx.inf, s.dtype))
+        s = mx.where(causal(n, T), s, mx.array(-mx.inf, s.dtype))
     elif mask is not None:
         if mask.ndim == 4:  # (B or 1, H or 1, n, T) -> broadcast over the rep axis
             mask = mx.expand_dims(mask, 2)

@@ -112,7 +112,7 @@ def prepare_model(model: Any, dtype: str = "auto", cache: Path | None = None) ->
         kernels.use_table_rope(model)
     with threads.compute(1):  # every core builds the compact forms
         report = compact.compact_model(model, packing.named_matmul_weights(model), cache)
-    if report is not None and report.compact == report.matrices:
+    if report is not None and report.complete:
         packing.defer(model)  # short products all run compact: pack on the first long one
     else:
         packing.pack_model(model)
