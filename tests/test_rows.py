@@ -94,3 +94,32 @@ def test_calls_split_by_rows_when_logits_would_pass_the_memory_budget(monkeypatc
     tokens[0, 7] = (tokens[0, 7] + 1) % lm.vocab_size
     _assert_same(rows.score(tokens), Scorer(lm).score(tokens))
     _assert_same(shared.score(tokens), Scorer(lm).score(tokens))
+
+
+def test_calls_short_enough_for_the_compact_kernel_run_alone_and_long_ones_share_the_streams(monkeypatch):
+    """The compact kernel spreads a short call over every core itself: such calls get a wave each;
+    calls long enough for BLAS are paired over the two streams. Every job is scheduled once."""
+    lm = make_tiny_lm()
+    pool = rowscoring.RowPool(Scorer(lm), 8)
+    inputs = np.zeros(21, np.int64)
+    # four rows from the start (80 tokens: BLAS), two rows near the end (2 tokens each: compact)
+    jobs = [rowscoring._Job(r, inputs, None, 0, 20) for r in range(4)]
+    jobs += [rowscoring._Job(4, inputs, None, 18, 20), rowscoring._Job(5, inputs, None, 19, 20)]
+    monkeypatch.setattr(rowscoring, "n_streams", lambda: 2)
+
+    def scheduled(limit):
+        monkeypatch.setattr(rowscoring.compact, "current_max_rows", lambda: limit)
+        waves = pool._schedule(jobs)
+        assert sorted(j.row for wave in waves for part, *_ in wave for j in part) == list(range(6))
+        return waves
+
+    waves = scheduled(10)
+    for wave in waves:
+        tokens = [len(part) * (hi - lo) for part, lo, hi, _ in wave]
+        if min(tokens) <= 10:
+            assert len(wave) == 1  # a short call runs alone, with every core
+        assert len({id(stream) for *_, stream in wave}) == len(wave)  # one call per stream
+    long_waves = [w for w in waves if min(len(p) * (hi - lo) for p, lo, hi, _ in w) > 10]
+    assert long_waves and max(len(w) for w in long_waves) == 2  # the long group, split over both streams
+    # compact weights off (limit 0): every call is BLAS's, and the waves pair calls as before
+    assert max(len(w) for w in scheduled(0)) == 2

@@ -28,3 +28,27 @@ def test_smollm2_and_qwen_vocabularies_compared(capsys):
     assert main(["vocab", "smollm2-135m", "qwen2.5-coder-0.5b", "--format", "json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["id0_b"] == "!" and printed["size_b"] == 151_936
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-coder-0.5b", "gemma3-270m"])
+def test_ordinary_ids_from_one_backend_call_are_those_of_one_decode_per_id(name):
+    """Random start sequences are drawn from these ids: the fast path must keep every seed's start."""
+    import numpy as np
+
+    from tokconv.models import vocab
+
+    lm = load_vocabulary(name)
+    hf = lm.tokenizer._tokenizer
+    fast = vocab._ordinary_ids(lm)
+
+    class OneByOne:  # the same tokenizer without its backend: one hf.decode per id
+        _tokenizer = None
+
+        def __getattr__(self, attr):
+            return getattr(hf, attr)
+
+    slow = vocab._ordinary_ids(type("LM", (), {"tokenizer": type("W", (), {"_tokenizer": OneByOne()})(),
+                                                "vocab_size": lm.vocab_size})())
+    assert fast.size > 10_000
+    np.testing.assert_array_equal(fast, slow)

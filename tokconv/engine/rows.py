@@ -30,7 +30,7 @@ from typing import NamedTuple, Sequence
 import mlx.core as mx
 import numpy as np
 
-from ..fastpath import threads
+from ..fastpath import compact, threads
 from ..models import LoadedModel
 from . import forward, head
 from .scores import Cost, Scores
@@ -168,35 +168,43 @@ class RowPool:
     def _schedule(self, jobs: list[_Job]) -> list[list[tuple[list[_Job], int, int, object]]]:
         """Model calls to make, as waves of (jobs, first input, end, stream) with at most one call per stream.
 
-        On Linux CPU two streams run at once (see streams.n_streams). Whole groups go to
-        the less loaded stream; a group heavier than all the others together is split in
-        two halves instead, one per stream. Small calls are bound by reading the weights,
-        so splitting every group would double that cost for little gain. A call whose
-        logits would pass streams.LOGITS_BUDGET_BYTES is split by rows.
+        On Linux CPU two streams run at once (see streams.n_streams), one BLAS thread each.
+        That pays for calls long enough for BLAS: whole groups go to the less loaded stream,
+        and a group heavier than all the others together is split in two halves instead,
+        one per stream. Calls short enough for the compact-weight kernel
+        (:mod:`tokconv.fastpath.compact`) run alone, one after another: that kernel spreads
+        each product over every core itself, and two such calls side by side on one core each
+        wait for the longer one (a lockstep battle took 1.3x as long that way, BENCHMARKS.md).
+        A call whose logits would pass streams.LOGITS_BUDGET_BYTES is split by rows.
         """
         n = n_streams()
+        short = compact.current_max_rows()  # products of at most this many rows run compact
         vocab = self.scorer.lm.vocab_size
         starts = np.array([j.lo for j in jobs], dtype=np.int64)
         ends = np.array([j.hi for j in jobs], dtype=np.int64)
         groups = [(m, int(starts[m].min()), int(ends[m].max())) for m in plan_groups(starts, ends, self.call_cost)]
         work = [self.call_cost + len(m) * (hi - lo) for m, lo, hi in groups]
         heaviest = int(np.argmax(work))
-        split = []  # (work, jobs, lo, hi)
+        alone, split = [], []  # (work, jobs, lo, hi)
         for k, (members, lo, hi) in enumerate(groups):
             pieces = -(-len(members) // max_rows(hi - lo, vocab))
-            if k == heaviest and n > 1 and work[k] > sum(work) / 2:
+            if k == heaviest and n > 1 and work[k] > sum(work) / 2 and len(members) * (hi - lo) > 2 * short:
                 pieces = max(pieces, 2)  # one half per stream
             for part in np.array_split(members, min(pieces, len(members))):  # members are sorted by start
                 plo, phi = int(starts[part].min()), int(ends[part].max())  # a piece forwards only its own span
-                split.append((self.call_cost + len(part) * (phi - plo), [jobs[i] for i in part], plo, phi))
-        queues: list[list] = [[] for _ in range(n)]
-        load = [0.0] * n
-        for cost, part, lo, hi in sorted(split, key=lambda j: -j[0]):
-            k = load.index(min(load))
-            load[k] += cost
-            queues[k].append((part, lo, hi))
+                piece = (self.call_cost + len(part) * (phi - plo), [jobs[i] for i in part], plo, phi)
+                (alone if len(part) * (phi - plo) <= short else split).append(piece)
         on = streams(n)
-        return [[(*q[w], on[k]) for k, q in enumerate(queues) if w < len(q)] for w in range(max(len(q) for q in queues))]
+        waves = [[(part, lo, hi, on[0])] for _, part, lo, hi in alone]
+        if split:
+            queues: list[list] = [[] for _ in range(n)]
+            load = [0.0] * n
+            for cost, part, lo, hi in sorted(split, key=lambda j: -j[0]):
+                k = load.index(min(load))
+                load[k] += cost
+                queues[k].append((part, lo, hi))
+            waves += [[(*q[w], on[k]) for k, q in enumerate(queues) if w < len(q)] for w in range(max(len(q) for q in queues))]
+        return waves
 
     def _forward(self, jobs: list[_Job]) -> None:
         on_call_thread(self._forward_here, jobs)  # where streams and traces live on (.streams)

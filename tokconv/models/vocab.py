@@ -22,19 +22,25 @@ def _ordinary_ids(lm: LoadedModel) -> np.ndarray:
     added = getattr(hf, "added_tokens_decoder", {}) or {}
     special |= {int(i) for i, t in added.items() if getattr(t, "special", False)}
     vocab = hf.get_vocab()  # piece -> id
-    keep = []
-    for piece, i in vocab.items():
-        if i in special or i >= lm.vocab_size:
-            continue
-        # Control, unused, reserved and byte-fallback pieces look like <...>;
-        # pieces that decode to broken UTF-8 (lone byte tokens) are not ordinary text either.
-        if piece.startswith("<") and piece.endswith(">") and len(piece) > 2:
-            continue
-        text = hf.decode([i])
-        if not text or "\ufffd" in text:
-            continue
-        keep.append(i)
+    # Control, unused, reserved and byte-fallback pieces look like <...>;
+    # pieces that decode to broken UTF-8 (lone byte tokens) are not ordinary text either.
+    candidates = [i for piece, i in vocab.items() if i not in special and i < lm.vocab_size
+                  and not (piece.startswith("<") and piece.endswith(">") and len(piece) > 2)]
+    keep = [i for i, text in zip(candidates, _one_token_texts(hf, candidates)) if text and "\ufffd" not in text]
     return np.array(sorted(keep), dtype=np.int64)
+
+
+def _one_token_texts(hf, ids: list[int]) -> list[str]:
+    """The text of each id alone, as far as being empty or holding U+FFFD goes: ``hf.decode([i])``.
+
+    A transformers tokenizer's decode is its Rust backend's, then an optional clean-up of spaces
+    before punctuation that neither empties a text nor adds or removes a U+FFFD; the backend
+    decodes the whole vocabulary in one call, which halves the time a model's first run spends here
+    (BENCHMARKS.md). Other tokenizers: one decode per id."""
+    backend = getattr(hf, "_tokenizer", None)
+    if hasattr(backend, "decode_batch"):
+        return backend.decode_batch([[i] for i in ids], skip_special_tokens=False)
+    return [hf.decode([i]) for i in ids]
 
 
 def ordinary_token_ids(lm: LoadedModel) -> np.ndarray:
