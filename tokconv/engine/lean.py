@@ -15,7 +15,8 @@ inputs (no slices, no reshape with two unknown sizes, no broadcast to a fixed sh
 The arithmetic is mlx-lm's operation for operation, so the logits and the cache are bit for bit
 those of :func:`.forward.call` (``tests/test_lean.py``). Where that was not so, or MLX failed, the
 call keeps the per-shape trace: batches of more than one row (the last bits differed past the
-compact kernel's row limit), an empty cache (MLX crashed replaying a shapeless trace with one), and
+compact kernel's row limit; worse, MLX 0.32.4 replays a shapeless ``(rows, n, K) @ (K, N)`` product
+traced on one row wrongly, or crashes, once rows reach ~20: see BENCHMARKS.md), an empty cache (MLX crashed replaying a shapeless trace with one), and
 biased projections on products too long for the compact kernel (mlx-lm's fused bias add rounds
 differently in BLAS). One-token calls go shapeless only the first time their shape comes on a stream
 (:func:`takes`): their shapeless replay costs ~10% more than a per-shape one and their shapes recur
