@@ -52,3 +52,28 @@ def test_ordinary_ids_from_one_backend_call_are_those_of_one_decode_per_id(name)
                                                 "vocab_size": lm.vocab_size})())
     assert fast.size > 10_000
     np.testing.assert_array_equal(fast, slow)
+
+
+def test_same_vocabulary_is_equal_tokenizer_keys_with_sizes_compared_first(monkeypatch):
+    import dataclasses
+
+    from conftest import make_tiny_lm
+    from tiny import CharTokenizer, PairTokenizer, UnicodeTokenizer
+    from tokconv.models import vocab
+
+    def lm(name, tokenizer):
+        return dataclasses.replace(make_tiny_lm(vocab_size=tokenizer.vocab_size), name=name, spec=name, tokenizer=tokenizer)
+
+    a, a2 = lm("a", CharTokenizer(26)), lm("a2", CharTokenizer(26))
+    pairs, wide, uni = lm("p", PairTokenizer(26, "ab")), lm("w", CharTokenizer(27)), lm("u", UnicodeTokenizer(26))
+    hashed = []
+    real = vocab.tokenizer_key
+    monkeypatch.setattr(vocab, "tokenizer_key", lambda m: hashed.append(m.name) or real(m))
+    assert vocab.same_vocabulary(a, a) and not hashed  # one model: nothing to hash
+    assert vocab.same_vocabulary(a, a2)  # two models, one vocabulary
+    assert not vocab.same_vocabulary(a, pairs) and not vocab.same_vocabulary(a, uni)  # same size, other pieces
+    hashed.clear()
+    assert not vocab.same_vocabulary(a, wide) and not hashed  # sizes differ: no hashing
+    for x in (a, a2, pairs, wide, uni):
+        for y in (a, a2, pairs, wide, uni):
+            assert vocab.same_vocabulary(x, y) == (real(x) == real(y))

@@ -18,7 +18,7 @@ import mlx_lm
 from ..engine import Scores
 from ..errors import TokconvError
 from ..models import LoadedModel, load
-from ..models.vocab import random_tokens, tokenizer_key
+from ..models.vocab import random_tokens, same_vocabulary
 from ..version import __version__
 from . import modes
 from .config import MAX_LENGTH, RunConfig
@@ -110,7 +110,7 @@ def prepare(config: RunConfig, models: Sequence[LoadedModel] | None = None,
     else:
         start = random_tokens(a, config.length, config.seed)
     # one vocabulary: shared token positions; else the text, unless the settings ask for ids
-    shared = config.share == "ids" or all(tokenizer_key(lm) == tokenizer_key(a) for lm in lms)
+    shared = config.share == "ids" or all(same_vocabulary(lm, a) for lm in lms)
     state = modes.State(players, start, shared_ids=shared)
     return Experiment(config, players, state, list(start), state.text)
 

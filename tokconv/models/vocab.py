@@ -66,6 +66,18 @@ def tokenizer_key(lm: LoadedModel) -> str:
     return _KEYS[lm]
 
 
+def same_vocabulary(a: LoadedModel, b: LoadedModel) -> bool:
+    """Whether ``a`` and ``b`` share token positions directly: their :func:`tokenizer_key` are equal.
+    Vocabularies of different sizes are told apart without hashing them (a model's first run
+    would spend a few tenths of a second on it)."""
+    if a is b:
+        return True
+    hf_a, hf_b = (getattr(lm.tokenizer, "_tokenizer", lm.tokenizer) for lm in (a, b))
+    if len(hf_a.get_vocab()) != len(hf_b.get_vocab()):
+        return False
+    return tokenizer_key(a) == tokenizer_key(b)
+
+
 @dataclass(frozen=True)
 class VocabComparison:
     """How two models' vocabularies relate, id by id (what passing ids straight across would mean)."""
