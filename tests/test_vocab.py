@@ -74,6 +74,9 @@ def test_same_vocabulary_is_equal_tokenizer_keys_with_sizes_compared_first(monke
     assert not vocab.same_vocabulary(a, pairs) and not vocab.same_vocabulary(a, uni)  # same size, other pieces
     hashed.clear()
     assert not vocab.same_vocabulary(a, wide) and not hashed  # sizes differ: no hashing
+    read = []
+    monkeypatch.setattr(CharTokenizer, "get_vocab", lambda self, real=CharTokenizer.get_vocab: read.append(1) or real(self))
+    assert not vocab.same_vocabulary(a, wide) and not read  # each size read once per model (every run of a sweep asks)
     for x in (a, a2, pairs, wide, uni):
         for y in (a, a2, pairs, wide, uni):
             assert vocab.same_vocabulary(x, y) == (real(x) == real(y))

@@ -14,6 +14,7 @@ from .loading import LoadedModel
 # Per loaded model (not per spec: two models may carry one name); computing them reads the whole vocabulary.
 _ORDINARY: "weakref.WeakKeyDictionary[LoadedModel, np.ndarray]" = weakref.WeakKeyDictionary()
 _KEYS: "weakref.WeakKeyDictionary[LoadedModel, str]" = weakref.WeakKeyDictionary()
+_SIZES: "weakref.WeakKeyDictionary[LoadedModel, int]" = weakref.WeakKeyDictionary()
 
 
 def _ordinary_ids(lm: LoadedModel) -> np.ndarray:
@@ -72,10 +73,16 @@ def same_vocabulary(a: LoadedModel, b: LoadedModel) -> bool:
     would spend a few tenths of a second on it)."""
     if a is b:
         return True
-    hf_a, hf_b = (getattr(lm.tokenizer, "_tokenizer", lm.tokenizer) for lm in (a, b))
-    if len(hf_a.get_vocab()) != len(hf_b.get_vocab()):
+    if _vocab_len(a) != _vocab_len(b):
         return False
     return tokenizer_key(a) == tokenizer_key(b)
+
+
+def _vocab_len(lm: LoadedModel) -> int:
+    """How many pieces the tokenizer has, once per loaded model (every run of a sweep asks)."""
+    if lm not in _SIZES:
+        _SIZES[lm] = len(getattr(lm.tokenizer, "_tokenizer", lm.tokenizer).get_vocab())
+    return _SIZES[lm]
 
 
 @dataclass(frozen=True)
