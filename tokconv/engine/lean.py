@@ -166,12 +166,22 @@ def _of(lm: LoadedModel) -> _Lean | None:
 
 def _step(lean: _Lean):
     """The call as a function of (tokens (1, n), past [(keys, values)] per layer, cos, sin (n, 1, D),
-    allowed (n, T)): mlx-lm's llama/qwen2 forward with the kernels of :mod:`tokconv.fastpath.kernels`."""
+    allowed (n, T)): mlx-lm's llama/qwen2 forward with the kernels of :mod:`tokconv.fastpath.kernels`.
+
+    The hidden state is kept as (n, hidden), not (1, n, hidden): MLX brackets a shapeless product of
+    a 3-D input with reshapes, and each node of the replayed graph costs the call a few microseconds
+    whatever it does (BENCHMARKS.md). The products are the same (n, K) @ (K, N) either way."""
     H, Hkv, D = lean.heads, lean.kv_heads, lean.head_dim
     rep = H // Hkv
 
-    def rope(x, cos, sin):  # (1, n, heads, D) -> (1, heads, n, D)
-        return (x * cos + (x @ lean.perm) * sin).transpose(0, 2, 1, 3)
+    def norm(x, weight, eps):
+        # mx.fast.rms_norm's own CPU arithmetic, op for op, with its 1 / hidden as a constant: a
+        # shapeless trace would otherwise count the elements on every call (one node per norm)
+        inv = mx.array(1.0 / x.shape[-1], mx.float32)
+        return (x * mx.rsqrt(mx.sum(mx.square(x), -1, keepdims=True) * inv + mx.array(eps, mx.float32))) * weight
+
+    def rope(x, cos, sin):  # (n, heads, D) -> (1, heads, n, D)
+        return mx.expand_dims((x * cos + (x @ lean.perm) * sin).transpose(1, 0, 2), 0)
 
     def repeat(x):  # (1, Hkv, T, D) -> (1, Hkv, rep, T, D)
         x = mx.expand_dims(x, 2)
@@ -179,24 +189,24 @@ def _step(lean: _Lean):
 
     def step(tokens, past, cos, sin, allowed):
         lean.traces += 1
-        x = lean.embed[tokens]
+        x = lean.embed[mx.flatten(tokens)]
         kv = []
         for layer, (pk, pv) in zip(lean.layers, past):
-            y = mx.fast.rms_norm(x, layer.norm1, layer.eps1)
+            y = norm(x, layer.norm1, layer.eps1)
             q, k, v = y @ layer.q, y @ layer.k, y @ layer.v
             if layer.bq is not None:
                 q, k, v = q + layer.bq, k + layer.bk, v + layer.bv
-            q = rope(mx.unflatten(q, 2, (H, D)), cos, sin)
-            k = mx.concatenate([pk, rope(mx.unflatten(k, 2, (Hkv, D)), cos, sin)], axis=2)
-            v = mx.concatenate([pv, mx.unflatten(v, 2, (Hkv, D)).transpose(0, 2, 1, 3)], axis=2)
+            q = rope(mx.unflatten(q, 1, (H, D)), cos, sin)
+            k = mx.concatenate([pk, rope(mx.unflatten(k, 1, (Hkv, D)), cos, sin)], axis=2)
+            v = mx.concatenate([pv, mx.expand_dims(mx.unflatten(v, 1, (Hkv, D)).transpose(1, 0, 2), 0)], axis=2)
             kv.append((k, v))
             s = (q * lean.scale).reshape(1, Hkv, rep, -1, D) @ repeat(k).swapaxes(-1, -2)  # (1, Hkv, rep, n, T)
             s = mx.where(allowed, s, mx.array(-mx.inf, s.dtype))
-            o = (kernels.softmax(s) @ repeat(v)).reshape(1, H, -1, D).transpose(0, 2, 1, 3)
-            x = x + mx.flatten(o, 2, 3) @ layer.o
-            y = mx.fast.rms_norm(x, layer.norm2, layer.eps2)
+            o = (kernels.softmax(s) @ repeat(v)).reshape(H, -1, D).transpose(1, 0, 2)  # (n, H, D)
+            x = x + mx.flatten(o, 1, 2) @ layer.o
+            y = norm(x, layer.norm2, layer.eps2)
             x = x + swiglu(y @ layer.gate, y @ layer.up) @ layer.down
-        return mx.fast.rms_norm(x, lean.norm, lean.eps) @ lean.head, kv
+        return mx.expand_dims(norm(x, lean.norm, lean.eps) @ lean.head, 0), kv
 
     return step
 

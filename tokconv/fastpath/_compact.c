@@ -59,6 +59,13 @@ enum { G = 16, TILE = TILE_ROWS, MAX_THREADS = 64 };
 #ifndef CHUNK_WORK
 #define CHUNK_WORK ((size_t)256 << 10)
 #endif
+/* ... but a chunk of a product with many rows gets at least this many block columns, while the
+ * product still has four chunks per thread: at 9 or more rows the work bound alone left chunks of
+ * two block columns, whose claims and cold first blocks (no prefetch reaches across chunks) slowed
+ * the products of a whole model call (bench/compact_chunks.py, BENCHMARKS.md). */
+#ifndef MIN_CHUNK_COLUMNS
+#define MIN_CHUNK_COLUMNS 16
+#endif
 
 typedef float v16f __attribute__((vector_size(64)));
 typedef uint8_t v16b __attribute__((vector_size(16)));
@@ -392,6 +399,9 @@ static void run_job(struct job *j, int threads) {
       pool_size++;
     }
     int per = (int)(CHUNK_WORK / ((size_t)j->kb * sizeof(struct block) * (size_t)j->m));
+    int least = j->n_blocks / (4 * threads);
+    if (least > MIN_CHUNK_COLUMNS) least = MIN_CHUNK_COLUMNS;
+    if (per < least) per = least;
     j->chunk = per < 1 ? 1 : per;
     j->n_chunks = (j->n_blocks + j->chunk - 1) / j->chunk;
     j->done = 0;
