@@ -9,7 +9,8 @@ inputs (no slices, no reshape with two unknown sizes, no broadcast to a fixed sh
 
 - RoPE's rotate-half is a product with a signed permutation matrix (exact: one term is the value,
   the others are zeros) instead of two slices;
-- grouped-query heads get their keys and values repeated by a concatenation, not a broadcast;
+- grouped-query heads meet their keys and values through the product's own batch broadcast (a size-1
+  axis), as mlx-lm's attention does, not through a broadcast to a fixed shape;
 - the causal mask, cos and sin come in as inputs.
 
 The arithmetic is mlx-lm's operation for operation, so the logits and the cache are bit for bit
@@ -180,12 +181,8 @@ def _step(lean: _Lean):
         inv = mx.array(1.0 / x.shape[-1], mx.float32)
         return (x * mx.rsqrt(mx.sum(mx.square(x), -1, keepdims=True) * inv + mx.array(eps, mx.float32))) * weight
 
-    def rope(x, cos, sin):  # (n, heads, D) -> (1, heads, n, D)
-        return mx.expand_dims((x * cos + (x @ lean.perm) * sin).transpose(1, 0, 2), 0)
-
-    def repeat(x):  # (1, Hkv, T, D) -> (1, Hkv, rep, T, D)
-        x = mx.expand_dims(x, 2)
-        return mx.concatenate([x] * rep, axis=2) if rep > 1 else x
+    def rope(x, cos, sin):  # (n, heads, D) -> (heads, n, D)
+        return (x * cos + (x @ lean.perm) * sin).transpose(1, 0, 2)
 
     def step(tokens, past, cos, sin, allowed):
         lean.traces += 1
@@ -197,12 +194,12 @@ def _step(lean: _Lean):
             if layer.bq is not None:
                 q, k, v = q + layer.bq, k + layer.bk, v + layer.bv
             q = rope(mx.unflatten(q, 1, (H, D)), cos, sin)
-            k = mx.concatenate([pk, rope(mx.unflatten(k, 1, (Hkv, D)), cos, sin)], axis=2)
+            k = mx.concatenate([pk, mx.expand_dims(rope(mx.unflatten(k, 1, (Hkv, D)), cos, sin), 0)], axis=2)
             v = mx.concatenate([pv, mx.expand_dims(mx.unflatten(v, 1, (Hkv, D)).transpose(1, 0, 2), 0)], axis=2)
             kv.append((k, v))
-            s = (q * lean.scale).reshape(1, Hkv, rep, -1, D) @ repeat(k).swapaxes(-1, -2)  # (1, Hkv, rep, n, T)
+            s = (q * lean.scale).reshape(1, Hkv, rep, -1, D) @ mx.expand_dims(k, 2).swapaxes(-1, -2)  # (1, Hkv, rep, n, T)
             s = mx.where(allowed, s, mx.array(-mx.inf, s.dtype))
-            o = (kernels.softmax(s) @ repeat(v)).reshape(H, -1, D).transpose(1, 0, 2)  # (n, H, D)
+            o = (kernels.softmax(s) @ mx.expand_dims(v, 2)).reshape(H, -1, D).transpose(1, 0, 2)  # (n, H, D)
             x = x + mx.flatten(o, 1, 2) @ layer.o
             y = norm(x, layer.norm2, layer.eps2)
             x = x + swiglu(y @ layer.gate, y @ layer.up) @ layer.down
