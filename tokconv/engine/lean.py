@@ -191,7 +191,8 @@ def _step(lean: _Lean):
         for layer, (pk, pv) in zip(lean.layers, past):
             y = norm(x, layer.norm1, layer.eps1)
             q, k, v = y @ layer.q, y @ layer.k, y @ layer.v
-            if layer.bq is not None:  # not mx.addmm: MLX 0.32.4 replays a shapeless addmm's bias broadcast at the traced shape
+            # a separate add, not mx.addmm: MLX 0.32.4 replays a shapeless addmm's bias at the traced shape
+            if layer.bq is not None:
                 q, k, v = q + layer.bq, k + layer.bk, v + layer.bv
             q = rope(mx.unflatten(q, 1, (H, D)), cos, sin)
             k = mx.concatenate([pk, mx.expand_dims(rope(mx.unflatten(k, 1, (Hkv, D)), cos, sin), 0)], axis=2)
