@@ -149,7 +149,7 @@ def call(lm: LoadedModel, tokens: Any, caches: list, stream: Any) -> Any:
         if not isinstance(caches[0], PastKV) or os.environ.get("TOKCONV_NO_COMPILE") == "1":
             return lm.model(tokens, cache=caches)
         past = [(c.keys, c.values) for c in caches] if caches[0].keys is not None else []
-        shapeless = lean.takes(lm, tokens, caches[0].offset, str(stream))
+        shapeless = lean.takes(lm, tokens, caches[0].offset)
         if shapeless is not None:  # one trace for every shape (llama, qwen2)
             logits, kv = lean.call(shapeless, tokens, past, stream)
         else:

@@ -19,11 +19,10 @@ call keeps the per-shape trace: batches of more than one row (the last bits diff
 compact kernel's row limit; worse, MLX 0.32.4 replays a shapeless ``(rows, n, K) @ (K, N)`` product
 traced on one row wrongly, or crashes, once rows reach ~20: see BENCHMARKS.md), an empty cache (MLX crashed replaying a shapeless trace with one), and
 biased projections on products too long for the compact kernel (mlx-lm's fused bias add rounds
-differently in BLAS). One-token calls go shapeless only the first time their shape comes on a stream
-(:func:`takes`): their shapeless replay costs ~10% more than a per-shape one and their shapes recur
-(one per cache offset, at most the sequence length; adversarial runs are made of them), so a shape
-that comes back pays for its trace once; the two give the same bits. The trace itself is made on a
-two-token call after two cached positions: replays of traces made on a one-token call corrupted memory.
+differently in BLAS). One-token calls (adversarial runs are made of them) go shapeless every time:
+with the hidden state kept 2-D the shapeless replay is as fast as a per-shape one (BENCHMARKS.md),
+and no cache offset pays for a trace of its own. The trace itself is made on a two-token call
+after two cached positions: replays of traces made on a one-token call corrupted memory.
 
 Scope: mlx-lm's ``llama`` and ``qwen2`` models (SmolLM2, Qwen2.5) with tokconv's table RoPE and
 attention (:mod:`tokconv.fastpath.kernels`, Linux CPU). ``TOKCONV_NO_SHAPELESS=1`` turns it off.
@@ -51,8 +50,6 @@ from ..models import LoadedModel
 ARCHITECTURES = ("llama", "qwen2")
 # Compiled functions kept per model: one per stream (a trace records its stream).
 MAX_STREAMS = 8
-# One-token shapes remembered per model (see takes) before the memory starts over.
-MAX_MET = 4096
 
 
 @dataclass(frozen=True)
@@ -91,7 +88,6 @@ class _Lean:
     biased: bool
     steps: dict = field(default_factory=dict)
     traces: int = 0  # times the Python step ran: once per compiled function (tests)
-    met: set = field(default_factory=set)  # (stream, cache offset) of one-token calls served here
 
 
 _state: "weakref.WeakKeyDictionary[LoadedModel, _Lean | None]" = weakref.WeakKeyDictionary()
@@ -265,18 +261,9 @@ def applies(lm: LoadedModel, tokens: Any, offset: int) -> bool:
     return _serving(lm, tokens, offset) is not None
 
 
-def takes(lm: LoadedModel, tokens: Any, offset: int, stream_key: str) -> _Lean | None:
-    """The lean form to :func:`call` with where it serves this call: it :func:`applies`, and a
-    one-token call's shape is new on this stream (the second time it comes, forward.call traces it)."""
-    lean = _serving(lm, tokens, offset)
-    if lean is None or tokens.shape[1] > 1:
-        return lean
-    if (stream_key, offset) in lean.met:
-        return None
-    if len(lean.met) >= MAX_MET:
-        lean.met.clear()
-    lean.met.add((stream_key, offset))
-    return lean
+def takes(lm: LoadedModel, tokens: Any, offset: int) -> _Lean | None:
+    """The lean form to :func:`call` with where it serves this call (it :func:`applies`), else None."""
+    return _serving(lm, tokens, offset)
 
 
 def call(lean: _Lean, tokens: Any, past: list, stream: Any) -> tuple[Any, list]:
