@@ -55,6 +55,23 @@ def test_kernel_matches_numpy_on_every_gguf_block_format(registered, m, threads)
     assert np.all(np.abs(got - want) <= 1e-6 * scale + 1e-30), kind
 
 
+@pytest.mark.parametrize("m", [1, 9, 16, 40])
+def test_a_product_cut_into_chunks_over_both_threads_gives_the_one_thread_bits(m):
+    # 256 block columns: enough that a product of many rows is cut by the chunk floor, not by its work
+    rng = np.random.default_rng(m)
+    q = rng.integers(0, 256, (4096, 576 // 16, 16)).astype(np.float32)
+    w = np.ascontiguousarray((q * rng.uniform(1e-3, 1e-2, (4096, 576 // 16, 1)).astype(np.float32)).reshape(4096, 576))
+    assert compact.add(w) == 0
+    try:
+        x = rng.standard_normal((m, 576)).astype(np.float32)
+        one, two = compact.gemm(x, w, 1), compact.gemm(x, w, 2)
+        np.testing.assert_array_equal(two, one)  # each output column is one thread's, in the same order
+        want = x.astype(np.float64) @ w.T.astype(np.float64)
+        assert np.all(np.abs(two - want) <= 1e-6 * (np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64)))
+    finally:
+        compact.remove(w)
+
+
 def test_products_through_blas_answer_from_the_compact_form_with_beta(registered):
     """libmlx's own call shape (x @ W.T, with and without a bias in C) goes through the hook."""
     import ctypes
