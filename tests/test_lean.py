@@ -113,7 +113,7 @@ def test_biased_projections_go_shapeless_only_on_compact_products(monkeypatch):
     rng = np.random.default_rng(2)
     prefix, tokens = rng.integers(0, 80, (1, 5)), rng.integers(0, 80, (1, 3))
     # the arithmetic itself, on BLAS
-    monkeypatch.setattr(lean, "_serving", lambda lm, tokens, offset: lean._of(lm) if offset > 0 else None)
+    monkeypatch.setattr(lean, "takes", lambda lm, tokens, offset: lean._of(lm) if offset > 0 else None)
     got = _call(lm, prefix, tokens, True, monkeypatch)
     assert lean._of(lm).traces == 1  # the shapeless step made these logits
     monkeypatch.undo()

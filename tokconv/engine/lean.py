@@ -245,8 +245,9 @@ def _compiled(lean: _Lean, stream: Any) -> Any:
     return fn
 
 
-def _serving(lm: LoadedModel, tokens: Any, offset: int) -> _Lean | None:
-    """The lean form of ``lm`` where it may serve this call, else None."""
+def takes(lm: LoadedModel, tokens: Any, offset: int) -> _Lean | None:
+    """The lean form to :func:`call` with where it may serve this call, else None (then
+    :func:`.forward.call` traces the call's shape)."""
     if offset < 1 or tokens.shape[0] != 1 or not enabled():
         return None
     lean = _of(lm)
@@ -257,13 +258,8 @@ def _serving(lm: LoadedModel, tokens: Any, offset: int) -> _Lean | None:
 
 
 def applies(lm: LoadedModel, tokens: Any, offset: int) -> bool:
-    """Whether the shapeless step may serve this call (else :func:`.forward.call` traces its shape)."""
-    return _serving(lm, tokens, offset) is not None
-
-
-def takes(lm: LoadedModel, tokens: Any, offset: int) -> _Lean | None:
-    """The lean form to :func:`call` with where it serves this call (it :func:`applies`), else None."""
-    return _serving(lm, tokens, offset)
+    """Whether the shapeless step may serve this call."""
+    return takes(lm, tokens, offset) is not None
 
 
 def call(lean: _Lean, tokens: Any, past: list, stream: Any) -> tuple[Any, list]:
