@@ -1,4 +1,5 @@
-"""tokconv.engine.lean: one shapeless trace serves every call, bit for bit equal to the per-shape traces."""
+"""tokconv.engine.lean: one shapeless trace (per segment of layers) serves every call, bit for bit equal
+to the per-shape traces."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _call(lm, prefix, tokens, shapeless: bool, monkeypatch):
     return np.array(logits), [(np.array(c.keys), np.array(c.values)) for c in caches]
 
 
-def _lean_tiny(bias: bool = False, seed: int = 0):
+def _lean_tiny(bias: bool = False, seed: int = 0, layers: int = 2):
     """A tiny llama with tokconv's table RoPE and attention, as prepare_model leaves a real one."""
     import mlx.core as mx
     import mlx.nn as nn
@@ -40,7 +41,7 @@ def _lean_tiny(bias: bool = False, seed: int = 0):
     from tokconv.fastpath import kernels
 
     kernels.install()
-    lm = make_tiny_lm(vocab_size=80, layers=2, seed=seed)
+    lm = make_tiny_lm(vocab_size=80, layers=layers, seed=seed)
     if bias:
         for layer in lm.model.model.layers:
             for name in ("q_proj", "k_proj", "v_proj"):
@@ -50,7 +51,7 @@ def _lean_tiny(bias: bool = False, seed: int = 0):
                 new.bias = mx.random.normal(new.bias.shape)
                 setattr(layer.self_attn, name, new)
         mx.eval(lm.model.parameters())
-    assert kernels.use_table_rope(lm.model) == 2
+    assert kernels.use_table_rope(lm.model) == layers
     return lm
 
 
@@ -71,6 +72,26 @@ def test_tiny_llama_shapeless_calls_equal_per_shape_calls_with_one_trace(monkeyp
     assert lean._of(lm).traces == 1  # every shape above, from one trace
     _, seen = forward._of(lm).steps[str(_stream())]
     assert {offset for _, offset in seen} == {0}  # per-shape traces only for the prefixes (empty cache)
+    for (prefix, tokens), g in zip(cases, got):
+        _assert_same(g, _call(lm, prefix, tokens, False, monkeypatch))
+
+
+def test_segments_cover_every_layer_once_in_order():
+    for n in range(1, 65):
+        segments = lean._segments(n)
+        assert [a for a, _ in segments] == [0] + [b for _, b in segments[:-1]]  # contiguous
+        assert segments[-1][1] == n
+        assert all(b - a <= lean.SEGMENT_LAYERS + lean.SEGMENT_LAYERS // 2 for a, b in segments)
+        assert len(segments) == 1 or all(b - a >= lean.SEGMENT_LAYERS // 2 for a, b in segments)
+
+
+def test_a_deep_model_runs_in_segments_with_the_per_shape_bits(monkeypatch):
+    lm = _lean_tiny(seed=6, layers=2 * lean.SEGMENT_LAYERS + 1)
+    assert len(lean._of(lm).segments) == 2  # the one-layer tail joins the last segment
+    rng = np.random.default_rng(6)
+    cases = [(rng.integers(0, 80, (1, cached)), rng.integers(0, 80, (1, n))) for cached, n in SHAPES]
+    got = [_call(lm, prefix, tokens, True, monkeypatch) for prefix, tokens in cases]
+    assert lean._of(lm).traces == 1  # one trace of the segments served every shape
     for (prefix, tokens), g in zip(cases, got):
         _assert_same(g, _call(lm, prefix, tokens, False, monkeypatch))
 

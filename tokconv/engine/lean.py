@@ -1,11 +1,11 @@
-"""Llama-family model calls from one compiled trace for every input length and cache offset.
+"""Llama-family model calls from one set of compiled traces for every input length and cache offset.
 
 :func:`.forward.call` traces mlx-lm's model once per (input shape, cache offset). A trace costs
 tens of milliseconds (Python builds the graph, MLX simplifies and fuses it), and a battle meets a new
 shape on most of its calls, because the text is re-encoded after every move; BENCHMARKS.md has the
 numbers. This module writes the same layers with operations whose output shapes MLX infers from their
 inputs (no slices, no reshape with two unknown sizes, no broadcast to a fixed shape), so that one
-``mx.compile(shapeless=True)`` trace serves every call:
+``mx.compile(shapeless=True)`` trace per segment of :data:`SEGMENT_LAYERS` layers serves every call:
 
 - RoPE's rotate-half is a product with a signed permutation matrix (exact: one term is the value,
   the others are zeros) instead of two slices;
@@ -17,12 +17,15 @@ The arithmetic is mlx-lm's operation for operation, so the logits and the cache 
 those of :func:`.forward.call` (``tests/test_lean.py``). Where that was not so, or MLX failed, the
 call keeps the per-shape trace: batches of more than one row (the last bits differed past the
 compact kernel's row limit; worse, MLX 0.32.4 replays a shapeless ``(rows, n, K) @ (K, N)`` product
-traced on one row wrongly, or crashes, once rows reach ~20: see BENCHMARKS.md), an empty cache (MLX crashed replaying a shapeless trace with one), and
-biased projections on products too long for the compact kernel (mlx-lm's fused bias add rounds
-differently in BLAS). One-token calls (adversarial runs are made of them) go shapeless every time:
-with the hidden state kept 2-D the shapeless replay is as fast as a per-shape one (BENCHMARKS.md),
-and no cache offset pays for a trace of its own. The trace itself is made on a two-token call
-after two cached positions: replays of traces made on a one-token call corrupted memory.
+traced on one row wrongly, or crashes, once rows reach ~20: see BENCHMARKS.md), an empty cache
+(MLX crashed replaying a shapeless trace with one), and biased projections on products too long
+for the compact kernel (mlx-lm's fused bias add rounds differently in BLAS). One-token calls
+(adversarial runs are made of them) go shapeless every time: with the hidden state kept 2-D the
+shapeless replay is as fast as a per-shape one (BENCHMARKS.md), and no cache offset pays for a
+trace of its own. The traces are made on a two-token call after two cached positions: replays of
+traces made on a one-token call corrupted memory. A call runs in segments because MLX rebuilds a
+replayed trace node by node on the calling thread before any of it computes: segment by segment,
+the stream computes the layers already rebuilt while the thread rebuilds the next ones.
 
 Scope: mlx-lm's ``llama`` and ``qwen2`` models (SmolLM2, Qwen2.5) with tokconv's table RoPE and
 attention (:mod:`tokconv.fastpath.kernels`, Linux CPU). ``TOKCONV_NO_SHAPELESS=1`` turns it off.
@@ -48,8 +51,11 @@ from ..fastpath import compact, kernels
 from ..models import LoadedModel
 
 ARCHITECTURES = ("llama", "qwen2")
-# Compiled functions kept per model: one per stream (a trace records its stream).
+# Compiled steps kept per model: one per stream (a trace records its stream).
 MAX_STREAMS = 8
+# Layers per compiled segment. A replayed trace is rebuilt node by node on the calling thread before
+# any of it runs; in segments, the stream computes one while the next is rebuilt (BENCHMARKS.md).
+SEGMENT_LAYERS = 4
 
 
 @dataclass(frozen=True)
@@ -86,8 +92,9 @@ class _Lean:
     rope: tuple  # dims, base, scale
     perm: Any  # (D, D): x @ perm = concatenate([-x2, x1]) for halves x1, x2
     biased: bool
-    steps: dict = field(default_factory=dict)
-    traces: int = 0  # times the Python step ran: once per compiled function (tests)
+    segments: list = field(default_factory=list)  # (start, stop) layers of each compiled segment
+    steps: dict = field(default_factory=dict)  # stream -> its compiled segments
+    traces: int = 0  # times the Python step ran: once per stream's compiled segments (tests)
 
 
 _state: "weakref.WeakKeyDictionary[LoadedModel, _Lean | None]" = weakref.WeakKeyDictionary()
@@ -149,7 +156,8 @@ def _build(lm: LoadedModel) -> _Lean | None:
     perm[np.arange(half) + half, np.arange(half)] = -1.0
     perm[np.arange(half), np.arange(half) + half] = 1.0
     out = _Lean(inner.embed_tokens.weight, head.weight.T, inner.norm.weight, inner.norm.eps, layers, H, Hkv, D,
-                first.scale, (first.rope.dims, first.rope.base, first.rope.scale), mx.array(perm), layers[0].bq is not None)
+                first.scale, (first.rope.dims, first.rope.base, first.rope.scale), mx.array(perm), layers[0].bq is not None,
+                _segments(len(layers)))
     mx.eval(out.head, out.perm, [[a for a in vars(layer).values() if isinstance(a, mx.array)] for layer in layers])
     return out
 
@@ -161,15 +169,26 @@ def _of(lm: LoadedModel) -> _Lean | None:
         return _state[lm]
 
 
-def _step(lean: _Lean):
-    """The call as a function of (tokens (1, n), past [(keys, values)] per layer, cos, sin (n, 1, D),
-    allowed (n, T)): mlx-lm's llama/qwen2 forward with the kernels of :mod:`tokconv.fastpath.kernels`.
+def _segments(n_layers: int) -> list[tuple[int, int]]:
+    """The layers of each compiled segment: :data:`SEGMENT_LAYERS` each, the last takes the rest."""
+    bounds = list(range(0, n_layers, SEGMENT_LAYERS)) + [n_layers]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < SEGMENT_LAYERS // 2:
+        bounds.pop(-2)  # no short tail segment
+    return list(zip(bounds, bounds[1:]))
+
+
+def _step(lean: _Lean, start: int, stop: int):
+    """Layers ``start:stop`` of the call as a function of (x, past [(keys, values)] per layer of the
+    segment, cos, sin (n, 1, D), allowed (n, T)): mlx-lm's llama/qwen2 forward with the kernels of
+    :mod:`tokconv.fastpath.kernels`. The first segment takes the tokens (1, n) as x and embeds
+    them; the last one ends with the norm and the head, and returns logits (1, n, V).
 
     The hidden state is kept as (n, hidden), not (1, n, hidden): MLX brackets a shapeless product of
     a 3-D input with reshapes, and each node of the replayed graph costs the call a few microseconds
     whatever it does (BENCHMARKS.md). The products are the same (n, K) @ (K, N) either way."""
     H, Hkv, D = lean.heads, lean.kv_heads, lean.head_dim
     rep = H // Hkv
+    first, last = start == 0, stop == len(lean.layers)
 
     def norm(x, weight, eps):
         # mx.fast.rms_norm's own CPU arithmetic, op for op, with its 1 / hidden as a constant: a
@@ -180,11 +199,12 @@ def _step(lean: _Lean):
     def rope(x, cos, sin):  # (n, heads, D) -> (heads, n, D)
         return (x * cos + (x @ lean.perm) * sin).transpose(1, 0, 2)
 
-    def step(tokens, past, cos, sin, allowed):
-        lean.traces += 1
-        x = lean.embed[mx.flatten(tokens)]
+    def step(x, past, cos, sin, allowed):
+        if first:
+            lean.traces += 1
+            x = lean.embed[mx.flatten(x)]
         kv = []
-        for layer, (pk, pv) in zip(lean.layers, past):
+        for layer, (pk, pv) in zip(lean.layers[start:stop], past):
             y = norm(x, layer.norm1, layer.eps1)
             q, k, v = y @ layer.q, y @ layer.k, y @ layer.v
             # a separate add, not mx.addmm: MLX 0.32.4 replays a shapeless addmm's bias at the traced shape
@@ -200,7 +220,9 @@ def _step(lean: _Lean):
             x = x + mx.flatten(o, 1, 2) @ layer.o
             y = norm(x, layer.norm2, layer.eps2)
             x = x + swiglu(y @ layer.gate, y @ layer.up) @ layer.down
-        return mx.expand_dims(norm(x, lean.norm, lean.eps) @ lean.head, 0), kv
+        if last:
+            x = mx.expand_dims(norm(x, lean.norm, lean.eps) @ lean.head, 0)
+        return x, kv
 
     return step
 
@@ -232,17 +254,30 @@ def _inputs(lean: _Lean, n: int, offset: int) -> tuple[Any, Any, Any]:
     return cos[offset : offset + n], sin[offset : offset + n], _mask(n, offset)
 
 
-def _compiled(lean: _Lean, stream: Any) -> Any:
-    """The shapeless step for ``stream``, traced at once on a two-token call after two positions."""
+def _compiled(lean: _Lean, stream: Any) -> list:
+    """The shapeless segments for ``stream``, traced at once on a two-token call after two positions."""
     key = str(stream)
-    fn = lean.steps.get(key)
-    if fn is None:
+    fns = lean.steps.get(key)
+    if fns is None:
         while len(lean.steps) >= MAX_STREAMS:
             lean.steps.pop(next(iter(lean.steps)))
-        fn = lean.steps[key] = mx.compile(_step(lean), shapeless=True)
+        fns = lean.steps[key] = [mx.compile(_step(lean, a, b), shapeless=True) for a, b in lean.segments]
         past = [tuple(mx.zeros((1, lean.kv_heads, 2, lean.head_dim)) for _ in "kv") for _ in lean.layers]
-        fn(mx.zeros((1, 2), mx.int32), past, *_inputs(lean, 2, 2))  # traced, never evaluated
-    return fn
+        _run(lean, fns, mx.zeros((1, 2), mx.int32), past, _inputs(lean, 2, 2), start=False)  # traced, never evaluated
+    return fns
+
+
+def _run(lean: _Lean, fns: list, tokens: Any, past: list, inputs: tuple, start: bool = True) -> tuple[Any, list]:
+    """The segments one after the other; with ``start``, each but the last is set running
+    (``mx.async_eval``) before the next one's graph is built, so that MLX replays the next trace on
+    this thread while the stream computes the layers before it (BENCHMARKS.md has the gain)."""
+    x, kv = tokens, []
+    for fn, (a, b) in zip(fns, lean.segments):
+        x, part = fn(x, past[a:b], *inputs)
+        kv += part
+        if start and b < len(lean.layers):
+            mx.async_eval(x, part)
+    return x, kv
 
 
 def takes(lm: LoadedModel, tokens: Any, offset: int) -> _Lean | None:
@@ -266,5 +301,5 @@ def call(lean: _Lean, tokens: Any, past: list, stream: Any) -> tuple[Any, list]:
     """Logits (1, n, V) for ``tokens`` (1, n) after ``past`` (keys, values) per layer, and the new
     keys and values, for the lean form :func:`takes` gave. Runs on ``stream``."""
     with mx.stream(stream):
-        fn = _compiled(lean, stream)
-        return fn(tokens.astype(mx.int32), past, *_inputs(lean, tokens.shape[1], past[0][0].shape[2]))
+        return _run(lean, _compiled(lean, stream), tokens.astype(mx.int32), past,
+                    _inputs(lean, tokens.shape[1], past[0][0].shape[2]))
