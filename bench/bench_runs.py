@@ -21,8 +21,9 @@ run with ``--peer-python``, an interpreter that has them; tokconv's venv must ne
   quantized weights, full re-scoring (``reset()`` + ``eval()`` of the whole sequence);
 - ``llamacpp-kv``: the same keeping llama.cpp's KV cache for the common prefix with the previous call.
 
-Each round runs tokconv first; its start tokens (tokconv's ``random_tokens`` for each seed, and
-seed+1000 for the fresh run) are handed to the peers, so all start from the same text. The table
+In each round the trees take turns going first, then the peers run. tokconv's start tokens (its
+``random_tokens`` for each seed, and seed+1000 for the fresh run) are handed to the peers, so all
+start from the same text. The table
 gives, per run and engine, warm and fresh seconds, model calls, forwarded tokens and tokconv's
 speedup; a second table gives the memory floor: the weight bytes one call reads (compact for tokconv, float32 for
 the baseline and PyTorch, the stored quantized bytes for llama.cpp) times the calls of the run, over the
@@ -284,8 +285,11 @@ def main() -> None:
     print(json.dumps({"bandwidth": results["bandwidth"]}), flush=True)
     for i in chosen:
         rounds: dict[str, list] = {name: [] for name in [*runs, *peers]}
-        for _ in range(args.rounds):
-            for name, (tree, busy) in runs.items():
+        for r in range(args.rounds):
+            # the trees take turns going first: the first process of a round ran slower fresh (BENCHMARKS.md)
+            names = list(runs)[r % len(runs):] + list(runs)[: r % len(runs)]
+            for name in names:
+                tree, busy = runs[name]
                 rounds[name].append(_spawn(tree, i, args.seeds, busy, args.new_thread))
             for engine in peers:
                 rounds[engine].append(_spawn_peer(args.peer_python, engine, i, rounds["tokconv"][-1], args.peer_timeout))
