@@ -67,7 +67,7 @@ def test_tiny_llama_shapeless_calls_equal_per_shape_calls_with_one_trace(monkeyp
     rng = np.random.default_rng(0)
     cases = [(rng.integers(0, 80, (1, cached)), rng.integers(0, 80, (1, n))) for cached, n in SHAPES]
     monkeypatch.setenv("TOKCONV_NO_SHAPELESS", "0")
-    assert all(lean.applies(lm, tokens, prefix.shape[1]) for prefix, tokens in cases)
+    assert all(lean.takes(lm, tokens, prefix.shape[1]) is not None for prefix, tokens in cases)
     got = [_call(lm, prefix, tokens, True, monkeypatch) for prefix, tokens in cases]
     assert lean._of(lm).traces == 1  # every shape above, from one trace
     _, seen = forward._of(lm).steps[str(_stream())]
@@ -115,22 +115,22 @@ def test_per_shape_traces_still_serve_what_the_shapeless_step_does_not(monkeypat
     monkeypatch.setenv("TOKCONV_NO_SHAPELESS", "0")
     lm = _lean_tiny(seed=1)
     one, two = np.zeros((1, 4), np.int64), np.zeros((2, 4), np.int64)
-    assert not lean.applies(lm, one, 0)  # an empty cache
-    assert not lean.applies(lm, two, 3)  # two rows
-    assert lean.applies(lm, one, 3)
+    assert lean.takes(lm, one, 0) is None  # an empty cache
+    assert lean.takes(lm, two, 3) is None  # two rows
+    assert lean.takes(lm, one, 3) is not None
     caches = forward.make_caches(lm)
     mx.eval(forward.call(lm, mx.array(two), caches, _stream()))
     mx.eval(forward.call(lm, mx.array(two), caches, _stream()))
     _, seen = forward._of(lm).steps[str(_stream())]
     assert seen == {((2, 4), 0), ((2, 4), 4)}  # both calls traced their own shape
     monkeypatch.setenv("TOKCONV_NO_SHAPELESS", "1")
-    assert not lean.applies(lm, one, 3)
+    assert lean.takes(lm, one, 3) is None
 
 
 def test_biased_projections_go_shapeless_only_on_compact_products(monkeypatch):
     lm = _lean_tiny(bias=True, seed=2)
     assert lean._of(lm).biased
-    assert not lean.applies(lm, np.zeros((1, 3)), 2)  # no compact weights: BLAS adds the bias its own way
+    assert lean.takes(lm, np.zeros((1, 3)), 2) is None  # no compact weights: BLAS adds the bias its own way
     rng = np.random.default_rng(2)
     prefix, tokens = rng.integers(0, 80, (1, 5)), rng.integers(0, 80, (1, 3))
     # the arithmetic itself, on BLAS
@@ -171,7 +171,7 @@ def test_bundled_models_shapeless_calls_equal_per_shape_calls(name, monkeypatch)
     for cached, n in SHAPES:
         prefix, tokens = rng.integers(0, lm.vocab_size, (1, cached)), rng.integers(0, lm.vocab_size, (1, n))
         monkeypatch.setenv("TOKCONV_NO_SHAPELESS", "0")
-        served += lean.applies(lm, tokens, cached)
+        served += (lean.takes(lm, tokens, cached) is not None)
         _assert_same(_call(lm, prefix, tokens, True, monkeypatch), _call(lm, prefix, tokens, False, monkeypatch))
     # Qwen's biased projections past the compact limit keep their per-shape trace
     limit = compact.current_max_rows()

@@ -92,7 +92,7 @@ class _Lean:
     rope: tuple  # dims, base, scale
     perm: Any  # (D, D): x @ perm = concatenate([-x2, x1]) for halves x1, x2
     biased: bool
-    segments: list = field(default_factory=list)  # (start, stop) layers of each compiled segment
+    segments: list  # (start, stop) layers of each compiled segment (_segments)
     steps: dict = field(default_factory=dict)  # stream -> its compiled segments
     traces: int = 0  # times the Python step ran: once per stream's compiled segments (tests)
 
@@ -290,11 +290,6 @@ def takes(lm: LoadedModel, tokens: Any, offset: int) -> _Lean | None:
         if lm.compact is None or not lm.compact.complete or tokens.shape[1] > compact.current_max_rows():
             return None
     return lean
-
-
-def applies(lm: LoadedModel, tokens: Any, offset: int) -> bool:
-    """Whether the shapeless step may serve this call."""
-    return takes(lm, tokens, offset) is not None
 
 
 def call(lean: _Lean, tokens: Any, past: list, stream: Any) -> tuple[Any, list]:
