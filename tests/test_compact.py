@@ -169,6 +169,7 @@ def test_notice_names_compact_weights_and_the_switch_turns_them_off(off):
     else:
         assert out["active"] and out["report"] == 211
         assert "compact 8-bit weights" in out["notice"] and "TOKCONV_NO_COMPACT=1" in out["notice"]
+        assert "TOKCONV_NO_NATIVE=1" in out["notice"]
 
 
 def test_compact_forms_are_cached_on_disk_and_a_damaged_file_is_rebuilt(tmp_path):

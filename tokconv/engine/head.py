@@ -108,7 +108,7 @@ def entropy_rows_numpy(x: np.ndarray, argmax: np.ndarray, prob: np.ndarray, entr
 
 def predict(logits: list) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """argmax (int64), probability and entropy (float32) and finite (bool), each (B, n), for each
-    array of logits (B, n, V).
+    array of logits (B, n, V): MLX arrays or numpy float32 arrays.
 
     The logits must already be evaluated on CPU. On a GPU the head runs in MLX instead.
     """
@@ -122,7 +122,10 @@ def predict(logits: list) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     share = max(1, -(-total // threads.cores()))
     results, jobs = [], []
     for lg in logits:
-        x = np.asarray(lg if lg.dtype == mx.float32 else lg.astype(mx.float32))
+        if isinstance(lg, np.ndarray):  # a native call's logits (tokconv.engine.native)
+            x = np.ascontiguousarray(lg, np.float32)
+        else:
+            x = np.asarray(lg if lg.dtype == mx.float32 else lg.astype(mx.float32))
         B, n, V = x.shape
         flat = x.reshape(B * n, V)
         out = (np.empty(B * n, np.int64), np.empty(B * n, np.float32), np.empty(B * n, np.float32),

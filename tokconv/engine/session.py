@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import InvalidTokens
 from ..fastpath import threads
 from ..models import LoadedModel
-from . import forward, head
+from . import forward, head, native
 from .scores import Cost, Scores
 from .streams import max_rows, n_streams, on_call_thread, row_groups, streams
 
@@ -181,7 +181,8 @@ class ScoringSession:
             if self._cache is None:
                 # One KV cache per group of rows; groups run in waves, one per CPU stream.
                 self._groups = row_groups(B, max_rows(tokens.shape[1] + s, lm.vocab_size))
-                self._cache = [forward.make_caches(lm) for _ in self._groups]
+                nat = native.takes(lm, B) if poison is None else None
+                self._cache = [[native.NativeCache(nat)]] if nat is not None else [forward.make_caches(lm) for _ in self._groups]
             offset = self._cache[0][0].offset
             if offset > lo:
                 if all(c.is_trimmable() for cache in self._cache for c in cache):
@@ -191,7 +192,18 @@ class ScoringSession:
                 else:  # e.g. a rotating cache past its window: start over
                     self._cache = [forward.make_caches(lm) for _ in self._groups]
             lo = self._cache[0][0].offset
-            if lo < hi:
+            nat = self._cache[0][0] if isinstance(self._cache[0][0], native.NativeCache) else None
+            if nat is not None and lo < hi and poison is not None and poison[:, lo:hi].any():
+                self._cache, nat = [nat.past()], None  # NaN embeddings are MLX's: the rest of this session too
+            if nat is not None and lo < hi:
+                with threads.compute(1) as n_threads:
+                    logits = native.call(nat.nat, inputs[0, lo:hi], nat, n_threads)
+                    out = head.predict([logits])[0]
+                self._scores.fill(slice(None), slice(lo + 1 - s, hi + 1 - s), *out)
+                step = Cost(1, hi - lo, time.perf_counter() - t0, int(out[3].size - np.count_nonzero(out[3])))
+                self.cost.add(step)
+                self.scorer.cost.add(step)
+            elif lo < hi:
                 x = mx.array(inputs[:, lo:hi].astype(np.int32))
                 bad = None if poison is None or not poison[:, lo:hi].any() else poison[:, lo:hi]
                 waves = streams(min(len(self._groups), n_streams()))

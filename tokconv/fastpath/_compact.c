@@ -499,7 +499,8 @@ int tokconv_compact_remove(const float *b) {
   return 0;
 }
 
-/* out: calls seen, calls answered, bytes held. */
+/* out: products seen (offered by the interposer or asked for directly, as tokconv/engine/_native.c
+ * does), products answered, bytes held. */
 void tokconv_compact_stats(long long *out) {
   out[0] = __atomic_load_n(&calls, __ATOMIC_RELAXED);
   out[1] = __atomic_load_n(&hits, __ATOMIC_RELAXED);
@@ -510,6 +511,7 @@ void tokconv_compact_stats(long long *out) {
  * 0 on success, 1 when `b` is not registered with this shape. */
 int tokconv_compact_gemm(int m, int n, int k, const float *a, int lda, const float *b, float beta, float *c, int ldc,
                          int threads) {
+  if (m > 0) __atomic_fetch_add(&calls, 1, __ATOMIC_RELAXED);
   pthread_rwlock_rdlock(&table_lock);
   struct slot *s = find(b);
   if (s == NULL || s->n != n || s->k != k) {
@@ -519,17 +521,17 @@ int tokconv_compact_gemm(int m, int n, int k, const float *a, int lda, const flo
   struct job j = {m, k / G, a, lda, s->blocks, c, ldc, beta, n / G, 0, 0, 0};
   run_job(&j, threads); /* the read lock stays held so that a remove cannot unmap mid-product */
   pthread_rwlock_unlock(&table_lock);
+  if (m > 0) __atomic_fetch_add(&hits, 1, __ATOMIC_RELAXED);
   return 0;
 }
 
 /* Called by the interposer first: 1 when this call was answered here, 0 to pass it on. */
 int tokconv_compact_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
                           const float *b, int ldb, float beta, float *c, int ldc) {
-  __atomic_fetch_add(&calls, 1, __ATOMIC_RELAXED);
   if (order != ROW_MAJOR || ta != NO_TRANS || tb != TRANS || alpha != 1.0f || m < 1 || m > max_rows || ldb != k ||
-      ldc < n)
+      ldc < n) {
+    __atomic_fetch_add(&calls, 1, __ATOMIC_RELAXED);
     return 0;
-  if (tokconv_compact_gemm(m, n, k, a, lda, b, beta, c, ldc, n_threads) != 0) return 0;
-  __atomic_fetch_add(&hits, 1, __ATOMIC_RELAXED);
-  return 1;
+  }
+  return tokconv_compact_gemm(m, n, k, a, lda, b, beta, c, ldc, n_threads) == 0; /* counts the call (and hit) */
 }

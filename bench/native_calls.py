@@ -1,0 +1,149 @@
+"""One-sequence model calls in C (tokconv/engine/native.py) against the same calls through MLX (the
+shapeless trace of tokconv/engine/lean.py), in one process, taking turns; and how closely they agree.
+
+Speed: each call adds ``--tokens`` new tokens after ``--cached`` positions; both sides read the same
+compact weights. The memory floor is the compact bytes read per call over the machine's read bandwidth
+measured in the same run (bench_runs.measure_bandwidth).
+
+Agreement (#17: at least 99.5% of argmax predictions equal to the float32 MLX path): ``--sequences``
+random sequences of ``--length`` tokens per model, each scored by a session through native calls and
+through MLX (``TOKCONV_NO_NATIVE=1``), first 30 tokens, then the rest after that cached prefix.
+
+    .venv/bin/python bench/native_calls.py
+    .venv/bin/python bench/native_calls.py --models smollm2-135m --tokens 1,9 --rounds 12
+
+Writes bench/results/native-calls.json and prints markdown tables for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import tokconv  # noqa: F401  (the fast path before MLX)
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def speed(lm, tokens: list[int], cached: int, rounds: int, calls: int) -> list[dict]:
+    """Median ms per call of each side, per round, for each count of new tokens."""
+    import mlx.core as mx
+
+    from tokconv.engine import forward, lean, native
+
+    nat = native.of(lm)
+    if nat is None or lean._of(lm) is None:
+        raise SystemExit(f"{lm.name}: no native calls here (not llama/qwen2, or no compact weights)")
+    stream = mx.default_stream(mx.cpu)
+    rng = np.random.default_rng(0)
+    prefix = rng.integers(0, lm.vocab_size, cached)
+    caches = forward.make_caches(lm)
+    mx.eval(forward.call(lm, mx.array(prefix[None].astype(np.int32)), caches, stream))
+    past = [(c.keys, c.values) for c in caches]
+    cache = native.NativeCache(nat)
+    native.call(nat, prefix, cache, 2)
+    out = []
+    for n in tokens:
+        times: dict[str, list[float]] = {"mlx": [], "native": []}
+        for r in range(rounds):
+            for side in (["mlx", "native"] if r % 2 else ["native", "mlx"]):
+                ts = []
+                for _ in range(calls):
+                    x = rng.integers(0, lm.vocab_size, n)
+                    t0 = time.perf_counter()
+                    if side == "mlx":
+                        logits, kv = lean.call(lean._of(lm), mx.array(x[None].astype(np.int32)), past, stream)
+                        mx.eval(logits, kv)
+                    else:
+                        cache.trim(cache.offset - cached)
+                        native.call(nat, x, cache, 2)
+                    ts.append(time.perf_counter() - t0)
+                times[side].append(statistics.median(ts) * 1e3)
+        out.append({"tokens": n, "ms": {s: statistics.median(v) for s, v in times.items()}, "rounds": times})
+    return out
+
+
+def agreement(lm, sequences: int, length: int) -> dict:
+    """Argmax agreement and entropy error of native against MLX session scores on random sequences."""
+    from tokconv.engine import Scorer
+
+    rng = np.random.default_rng(11)
+    seqs = rng.integers(0, lm.vocab_size, (sequences, length))
+
+    def score(flag: str) -> list:
+        os.environ["TOKCONV_NO_NATIVE"] = flag
+        out = []
+        for s in seqs:
+            session = Scorer(lm).session()
+            session.score(s[None, :30])
+            out.append(session.score(s[None]))
+        return out
+
+    mine, theirs = score("0"), score("1")
+    os.environ.pop("TOKCONV_NO_NATIVE")
+    lo = 0 if lm.bos_id is not None else 1  # position 0 has no prediction without a BOS token
+    same = np.concatenate([(a.argmax == b.argmax)[0, lo:] for a, b in zip(mine, theirs)])
+    err = np.concatenate([np.abs(a.entropy - b.entropy)[0, lo:] for a, b in zip(mine, theirs)])
+    return {"positions": int(same.size), "argmax_agreement": float(same.mean()),
+            "entropy_err_max": float(err.max()), "entropy_err_median": float(np.median(err))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="smollm2-135m,qwen2.5-coder-0.5b")
+    ap.add_argument("--tokens", default="1,9", help="new tokens per call (default 1,9)")
+    ap.add_argument("--cached", type=int, default=11)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--calls", type=int, default=15)
+    ap.add_argument("--sequences", type=int, default=64)
+    ap.add_argument("--length", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "native-calls.json")
+    args = ap.parse_args()
+    from bench_runs import measure_bandwidth
+
+    from tokconv.engine.streams import on_call_thread
+    from tokconv.models import load
+
+    bandwidth = measure_bandwidth()
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+               "bandwidth": bandwidth, "models": {}}
+    for name in args.models.split(","):
+        lm = load(name)
+        results["models"][name] = {
+            "compact_bytes": lm.compact.bytes,
+            "speed": on_call_thread(speed, lm, [int(t) for t in args.tokens.split(",")], args.cached, args.rounds,
+                                    args.calls),
+            "agreement": on_call_thread(agreement, lm, args.sequences, args.length)}
+        print(json.dumps({name: results["models"][name]}), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(render(results))
+
+
+def render(results: dict) -> str:
+    bw = results["bandwidth"].get("read_gb_s")
+    lines = ["| model | new tokens | MLX (ms) | native (ms) | speedup | memory floor (ms) |", "|---|---|---|---|---|---|"]
+    for name, m in results["models"].items():
+        floor = f"{m['compact_bytes'] / (bw * 1e9) * 1e3:.1f}" if bw else "?"
+        for s in m["speed"]:
+            a, b = s["ms"]["mlx"], s["ms"]["native"]
+            lines.append(f"| {name} | {s['tokens']} | {a:.1f} | {b:.1f} | {a / b:.2f}x | {floor} |")
+    lines += ["", "| model | positions | argmax agreement | entropy error, max | median |", "|---|---|---|---|---|"]
+    for name, m in results["models"].items():
+        g = m["agreement"]
+        lines.append(f"| {name} | {g['positions']} | {g['argmax_agreement']:.2%} | {g['entropy_err_max']:.1e} | "
+                     f"{g['entropy_err_median']:.1e} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
