@@ -8,10 +8,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from conftest import make_tiny_lm
+from conftest import make_compact_tiny_lm, make_tiny_lm
 from tiny import ByteTokenizer, CharTokenizer, PairTokenizer, UnicodeTokenizer
 from tokconv import models
-from tokconv.engine import Scorer
+from tokconv.engine import Scorer, native
 from tokconv.engine.rows import RowPool, RowRequest
 from tokconv.experiments import RunConfig, SweepSpec, collect, prepare
 from tokconv.experiments.lockstep import run_lockstep
@@ -28,6 +28,13 @@ def _essence(r):
 def _llama(name, tokenizer, vocab, seed, bos_id=None):
     """A random-weight llama (predictions depend on the whole prefix) with a tokenizer of its own."""
     lm = make_tiny_lm(vocab_size=vocab, layers=2, seed=seed, bos_id=bos_id)
+    return dataclasses.replace(lm, name=name, spec=name, tokenizer=tokenizer)
+
+
+def _compact_llama(name, tokenizer, vocab, seed, bos_id=None):
+    """:func:`_llama` on compact weights: its one-sequence calls and pools run natively (C)."""
+    lm = make_compact_tiny_lm(vocab_size=vocab, layers=2, seed=seed, bos_id=bos_id)
+    assert native.takes(lm, 1) is not None
     return dataclasses.replace(lm, name=name, spec=name, tokenizer=tokenizer)
 
 
@@ -81,6 +88,28 @@ def test_lockstep_equals_one_by_one_across_tokenizers(mode, letters_and_pairs):
     lengths = {len(e.tokens) for r in runs.values() for e in r.iterations_log if e.model_index == 1}
     assert len(lengths) > 1, "the pair model's token count should vary"
     assert any(s.inserted is not None for r in runs.values() for s in r.steps)
+
+
+@pytest.fixture(scope="module")
+def compact_letters():
+    """Two models of one 32-letter vocabulary on compact weights, one with a BOS token."""
+    return [_compact_llama("ca", CharTokenizer(32), 32, 1), _compact_llama("cb", CharTokenizer(32), 32, 2, bos_id=3)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_lockstep_on_native_calls_equals_one_by_one_in_every_mode(mode, compact_letters, monkeypatch):
+    calls = []
+    real = native.call_rows
+    monkeypatch.setattr(native, "call_rows", lambda nat, rows, threads: calls.append(len(rows)) or real(nat, rows, threads))
+    runs = _assert_lockstep_equals_one_by_one(mode, compact_letters, 9, range(6), iterations=40)
+    assert sum(len(r.steps) for r in runs.values()) > 6, "the models should make moves"
+    assert max(calls) > 1, "lockstep calls take several rows at once"
+
+
+def test_lockstep_on_native_calls_across_byte_and_character_tokenizers():
+    lms = [_compact_llama("ascii", UnicodeTokenizer(128), 128, 6), _compact_llama("bytes", ByteTokenizer(), 256, 5)]
+    runs = _assert_lockstep_equals_one_by_one("adversarial-single", lms, 8, range(4), iterations=24)
+    assert any(s.model_index == 1 for r in runs.values() for s in r.steps)
 
 
 def test_lockstep_across_byte_and_character_tokenizers():

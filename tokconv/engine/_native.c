@@ -111,49 +111,62 @@ static void attend(const struct nat_model *m, const float *q, const float *kc, c
   }
 }
 
-/* Logits (n, vocab) for tokens tok[0..n) at positions offset..offset+n-1, after the `offset` cached
- * positions of kc/vc, whose positions offset.. take the new keys and values. cos/sin: (>= offset + n,
- * head_dim / 2) tables. 0 on success, 1 a matrix not registered with the compact kernel, 2 the cache
- * too short, 3 out of memory. */
-int tokconv_native_call(const struct nat_model *m, const int32_t *tok, int n, int offset, float *kc, float *vc, int cap,
-                        const float *cos, const float *sin, float *logits, int threads) {
+/* Logits (sum of n[r], vocab) for `rows` sequences at once: row r's tokens tok[r][0..n[r]) at positions
+ * offset[r].. after the offset[r] cached positions of kc[r]/vc[r] (cap[r] positions each), whose
+ * positions offset[r].. take the new keys and values. The products take every row's tokens together
+ * (one pass over the weights); RoPE, the cache and attention are each row's own, so a row's results
+ * do not depend on the other rows. cos/sin: (>= max offset + n, head_dim / 2) tables. 0 on success,
+ * 1 a matrix not registered with the compact kernel, 2 a cache too short, 3 out of memory. */
+int tokconv_native_rows(const struct nat_model *m, int rows, const int32_t *const *tok, const int *n, const int *offset,
+                        float *const *kc, float *const *vc, const int *cap, const float *cos, const float *sin,
+                        float *logits, int threads) {
   int E = m->hidden, H = m->heads, G = m->kv_heads, D = m->head_dim, I = m->inter, h2 = D / 2;
-  if (n < 1 || offset < 0 || offset + n > cap) return 2;
-  size_t qd = (size_t)n * H * D, kd = (size_t)n * G * D;
-  float *buf = malloc(sizeof(float) * ((size_t)n * (2 * E + 2 * I) + 2 * qd + 2 * kd + offset + n));
+  int N = 0, longest = 0;
+  for (int r = 0; r < rows; r++) {
+    if (n[r] < 1 || offset[r] < 0 || offset[r] + n[r] > cap[r]) return 2;
+    N += n[r];
+    if (offset[r] + n[r] > longest) longest = offset[r] + n[r];
+  }
+  if (N < 1) return 2;
+  size_t qd = (size_t)N * H * D, kd = (size_t)N * G * D;
+  float *buf = malloc(sizeof(float) * ((size_t)N * (2 * E + 2 * I) + 2 * qd + 2 * kd + longest));
   if (buf == NULL) return 3;
-  float *x = buf, *y = x + (size_t)n * E, *q = y + (size_t)n * E, *o = q + qd, *k = o + qd, *v = k + kd;
-  float *g = v + kd, *u = g + (size_t)n * I, *p = u + (size_t)n * I;
-  for (int i = 0; i < n; i++) memcpy(x + (size_t)i * E, m->embed + (size_t)tok[i] * E, sizeof(float) * E);
+  float *x = buf, *y = x + (size_t)N * E, *q = y + (size_t)N * E, *o = q + qd, *k = o + qd, *v = k + kd;
+  float *g = v + kd, *u = g + (size_t)N * I, *p = u + (size_t)N * I;
+  for (int r = 0, at = 0; r < rows; at += n[r], r++)
+    for (int i = 0; i < n[r]; i++) memcpy(x + (size_t)(at + i) * E, m->embed + (size_t)tok[r][i] * E, sizeof(float) * E);
   int rc = 0;
   for (int l = 0; l < m->layers && rc == 0; l++) {
     const struct nat_layer *L = &m->layer[l];
-    float *K = kc + (size_t)l * G * cap * D, *V = vc + (size_t)l * G * cap * D;
-    rms_norm(x, L->norm1, L->eps1, n, E, y);
-    if ((rc = project(m, y, n, E, L->q, L->bq, H * D, q, threads)) || (rc = project(m, y, n, E, L->k, L->bk, G * D, k, threads)) ||
-        (rc = project(m, y, n, E, L->v, L->bv, G * D, v, threads)))
+    rms_norm(x, L->norm1, L->eps1, N, E, y);
+    if ((rc = project(m, y, N, E, L->q, L->bq, H * D, q, threads)) || (rc = project(m, y, N, E, L->k, L->bk, G * D, k, threads)) ||
+        (rc = project(m, y, N, E, L->v, L->bv, G * D, v, threads)))
       break;
-    for (int i = 0; i < n; i++) {
-      const float *c = cos + (size_t)(offset + i) * h2, *s = sin + (size_t)(offset + i) * h2;
-      rope(q + (size_t)i * H * D, H, D, c, s);
-      rope(k + (size_t)i * G * D, G, D, c, s);
-      for (size_t j = 0; j < (size_t)H * D; j++) q[(size_t)i * H * D + j] *= m->scale;
-      for (int gg = 0; gg < G; gg++) {
-        memcpy(K + ((size_t)gg * cap + offset + i) * D, k + ((size_t)i * G + gg) * D, sizeof(float) * D);
-        memcpy(V + ((size_t)gg * cap + offset + i) * D, v + ((size_t)i * G + gg) * D, sizeof(float) * D);
+    for (int r = 0, at = 0; r < rows; at += n[r], r++) {
+      float *K = kc[r] + (size_t)l * G * cap[r] * D, *V = vc[r] + (size_t)l * G * cap[r] * D;
+      for (int i = 0; i < n[r]; i++) {
+        size_t row = (size_t)at + i;
+        const float *c = cos + (size_t)(offset[r] + i) * h2, *s = sin + (size_t)(offset[r] + i) * h2;
+        rope(q + row * H * D, H, D, c, s);
+        rope(k + row * G * D, G, D, c, s);
+        for (size_t j = 0; j < (size_t)H * D; j++) q[row * H * D + j] *= m->scale;
+        for (int gg = 0; gg < G; gg++) {
+          memcpy(K + ((size_t)gg * cap[r] + offset[r] + i) * D, k + (row * G + gg) * D, sizeof(float) * D);
+          memcpy(V + ((size_t)gg * cap[r] + offset[r] + i) * D, v + (row * G + gg) * D, sizeof(float) * D);
+        }
       }
+      attend(m, q + (size_t)at * H * D, K, V, cap[r], n[r], offset[r], p, o + (size_t)at * H * D);
     }
-    attend(m, q, K, V, cap, n, offset, p, o);
-    if ((rc = m->gemm(n, E, H * D, o, H * D, L->o, 1.0f, x, E, threads))) break; /* x += o @ Wo.T */
-    rms_norm(x, L->norm2, L->eps2, n, E, y);
-    if ((rc = project(m, y, n, E, L->gate, NULL, I, g, threads)) || (rc = project(m, y, n, E, L->up, NULL, I, u, threads)))
+    if ((rc = m->gemm(N, E, H * D, o, H * D, L->o, 1.0f, x, E, threads))) break; /* x += o @ Wo.T */
+    rms_norm(x, L->norm2, L->eps2, N, E, y);
+    if ((rc = project(m, y, N, E, L->gate, NULL, I, g, threads)) || (rc = project(m, y, N, E, L->up, NULL, I, u, threads)))
       break;
-    for (size_t j = 0; j < (size_t)n * I; j++) g[j] = g[j] / (1.0f + expf(-g[j])) * u[j]; /* SwiGLU */
-    rc = m->gemm(n, E, I, g, I, L->down, 1.0f, x, E, threads); /* x += mlp @ Wdown.T */
+    for (size_t j = 0; j < (size_t)N * I; j++) g[j] = g[j] / (1.0f + expf(-g[j])) * u[j]; /* SwiGLU */
+    rc = m->gemm(N, E, I, g, I, L->down, 1.0f, x, E, threads); /* x += mlp @ Wdown.T */
   }
   if (rc == 0) {
-    rms_norm(x, m->norm, m->eps, n, E, y);
-    rc = m->gemm(n, m->vocab, E, y, E, m->head, 0.0f, logits, m->vocab, threads);
+    rms_norm(x, m->norm, m->eps, N, E, y);
+    rc = m->gemm(N, m->vocab, E, y, E, m->head, 0.0f, logits, m->vocab, threads);
   }
   free(buf);
   return rc;

@@ -36,7 +36,7 @@ from ..models import LoadedModel
 from . import lean
 
 _SOURCE = Path(__file__).with_name("_native.c")
-# tokconv_native_call's answers
+# tokconv_native_rows's answers
 FAILED = {1: "a matrix has no compact form", 2: "the key/value cache is too short", 3: "out of memory"}
 
 
@@ -94,7 +94,7 @@ def library() -> ctypes.CDLL | None:
         except OSError:
             return None
         p, i = ctypes.c_void_p, ctypes.c_int
-        lib.tokconv_native_call.argtypes = [p, p, i, i, p, p, i, p, p, p, i]
+        lib.tokconv_native_rows.argtypes = [p, i, p, p, p, p, p, p, p, p, p, i]
         lib.tokconv_native_check.argtypes = [p]
         _lib = lib
         return lib
@@ -225,15 +225,31 @@ class NativeCache:
 def call(nat: Native, tokens: np.ndarray, cache: NativeCache, threads: int) -> np.ndarray:
     """Logits (1, n, V) float32 for ``tokens`` (n,) after what ``cache`` holds; the cache takes the
     new keys and values. Raises RuntimeError where the C call fails (FAILED)."""
-    n = int(tokens.shape[-1])
-    cache.reserve(cache.offset + n)
-    cos, sin = (np.asarray(t) for t in kernels.rope_tables(*nat.rope, cache.offset + n))
-    ids = np.ascontiguousarray(tokens.reshape(-1), dtype=np.int32)
-    logits = np.empty((1, n, nat.vocab), np.float32)
-    rc = _lib.tokconv_native_call(ctypes.byref(nat.model), ids.ctypes.data, n, cache.offset, cache.keys.ctypes.data,
-                                  cache.values.ctypes.data, cache.capacity, cos.ctypes.data, sin.ctypes.data,
-                                  logits.ctypes.data, threads)
+    return call_rows(nat, [(tokens, cache)], threads)[None]
+
+
+def call_rows(nat: Native, rows: list[tuple[np.ndarray, NativeCache]], threads: int) -> np.ndarray:
+    """Logits (sum of n, V) float32 for several sequences at once: each (tokens (n,), its cache) as in
+    :func:`call`, the rows' logits one after the other. The products read the weights once for all
+    rows; every row's results are those of its own :func:`call`, bit for bit."""
+    ids = [np.ascontiguousarray(t.reshape(-1), dtype=np.int32) for t, _ in rows]
+    for t, (_, cache) in zip(ids, rows):
+        cache.reserve(cache.offset + t.size)
+    cos, sin = (np.asarray(t) for t in kernels.rope_tables(*nat.rope, max(c.offset + t.size for t, (_, c) in zip(ids, rows))))
+    logits = np.empty((sum(t.size for t in ids), nat.vocab), np.float32)
+
+    def arr(kind, values):
+        return (kind * len(values))(*values)
+
+    p = ctypes.c_void_p
+    caches = [c for _, c in rows]
+    rc = _lib.tokconv_native_rows(
+        ctypes.byref(nat.model), len(rows), arr(p, [t.ctypes.data for t in ids]), arr(ctypes.c_int, [t.size for t in ids]),
+        arr(ctypes.c_int, [c.offset for c in caches]), arr(p, [c.keys.ctypes.data for c in caches]),
+        arr(p, [c.values.ctypes.data for c in caches]), arr(ctypes.c_int, [c.capacity for c in caches]),
+        cos.ctypes.data, sin.ctypes.data, logits.ctypes.data, threads)
     if rc != 0:
         raise RuntimeError(f"native model call failed: {FAILED.get(rc, f'code {rc}')}")
-    cache.offset += n
+    for t, c in zip(ids, caches):
+        c.offset += t.size
     return logits

@@ -32,10 +32,10 @@ import numpy as np
 
 from ..fastpath import compact, threads
 from ..models import LoadedModel
-from . import forward, head
+from . import forward, head, native
 from .scores import Cost, Scores
 from .session import Scorer
-from .streams import max_rows, n_streams, on_call_thread, streams
+from .streams import LOGITS_BUDGET_BYTES, max_rows, n_streams, on_call_thread, streams
 
 # One model call costs about as much as this many extra forwarded tokens: tuned on SmolLM2 with
 # packed weights, by 32-seed single-mode sweeps alternating in one process (BENCHMARKS.md).
@@ -118,6 +118,10 @@ class RowPool:
         self.rows = [_Row() for _ in range(rows)]
         self._keys: list | None = None  # per layer (rows, heads, T, dim)
         self._values: list | None = None
+        # Where native calls serve the model (tokconv.engine.native), each row keeps its own cache
+        # and every row to forward goes into one C call: no groups, no padding.
+        self._nat = native.takes(scorer.lm, 1)
+        self._native: list = [None] * rows  # per row: its NativeCache once it has one
 
     def row_cost(self, row: int) -> Cost:
         """Row ``row``'s share of the calls it took part in (its tokens, and the seconds in proportion)."""
@@ -211,6 +215,11 @@ class RowPool:
 
     def _forward_here(self, jobs: list[_Job]) -> None:
         lm = self.scorer.lm
+        if self._nat is not None and any(j.poison is not None for j in jobs):
+            self._to_mlx()  # NaN embeddings are MLX's (tokconv.engine.oov): the rest of this pool too
+        if self._nat is not None:
+            self._forward_native(jobs)
+            return
         with lm.lock:
             for wave in self._schedule(jobs):
                 t0 = time.perf_counter()
@@ -224,6 +233,60 @@ class RowPool:
                 step = Cost(len(wave), tokens, dt, sum(nonfinite.values()))
                 self.cost.add(step)
                 self.scorer.cost.add(step)
+
+    def _forward_native(self, jobs: list[_Job]) -> None:
+        """Every job in C calls of all their rows together (:func:`.native.call_rows`), as many
+        rows per call as the logits budget allows; each row from its own offset."""
+        lm, s = self.scorer.lm, self.scorer.shift
+        budget = max(1, LOGITS_BUDGET_BYTES // (12 * lm.vocab_size))  # tokens per call, as streams.max_rows
+        calls, tokens = [[]], 0
+        for job in jobs:
+            if calls[-1] and tokens + job.hi - job.lo > budget:
+                calls.append([])
+                tokens = 0
+            calls[-1].append(job)
+            tokens += job.hi - job.lo
+        for part in calls:
+            t0 = time.perf_counter()
+            with lm.lock, threads.compute(1) as n_threads:
+                rows = []
+                for job in part:
+                    cache = self._native[job.row]
+                    if cache is None:
+                        cache = self._native[job.row] = native.NativeCache(self._nat)
+                    cache.trim(cache.offset - job.lo)
+                    rows.append((job.inputs[job.lo : job.hi], cache))
+                logits = native.call_rows(self._nat, rows, n_threads)
+                out = head.predict([logits[None]])[0]
+            dt, total = time.perf_counter() - t0, sum(j.hi - j.lo for j in part)
+            at, bad = 0, 0
+            for job in part:
+                n = job.hi - job.lo
+                row = self.rows[job.row]
+                row.scores.fill(0, slice(job.lo + 1 - s, job.hi + 1 - s), *(a[0, at : at + n] for a in out))
+                row.offset = job.hi
+                nonfinite = int(n - np.count_nonzero(out[3][0, at : at + n]))
+                row.cost.add(Cost(1, n, dt * n / total, nonfinite))
+                at, bad = at + n, bad + nonfinite
+            step = Cost(1, total, dt, bad)
+            self.cost.add(step)
+            self.scorer.cost.add(step)
+
+    def _to_mlx(self) -> None:
+        """Hand the rows' native caches to the MLX store (rows, heads, T, dim) and use MLX from now on."""
+        width = max((c.offset for c in self._native if c is not None), default=0)
+        if width:
+            nat = self._nat
+            shape = (len(self.rows), nat.kv_heads, width, nat.head_dim)
+            self._keys, self._values = [], []
+            for layer in range(nat.n_layers):
+                k, v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+                for r, c in enumerate(self._native):
+                    if c is not None:
+                        k[r, :, : c.offset], v[r, :, : c.offset] = c.keys[layer, :, : c.offset], c.values[layer, :, : c.offset]
+                self._keys.append(mx.array(k))
+                self._values.append(mx.array(v))
+        self._nat, self._native = None, [None] * len(self.rows)
 
     def _call(self, wave: list) -> dict[int, int]:
         """One wave of model calls (one per stream): forward, store the keys and values, fill the
