@@ -7,7 +7,9 @@ measured in the same run (bench_runs.measure_bandwidth).
 
 Agreement (#17: at least 99.5% of argmax predictions equal to the float32 MLX path): ``--sequences``
 random sequences of ``--length`` tokens per model, each scored by a session through native calls and
-through MLX (``TOKCONV_NO_NATIVE=1``), first 30 tokens, then the rest after that cached prefix.
+through MLX (``TOKCONV_NO_NATIVE=1``), first 30 tokens, then the rest after that cached prefix; also
+with the input of every product rounded as an int8 or bfloat16 kernel would (``--probes``), to
+measure what such a kernel would change (FINDINGS.md).
 
     .venv/bin/python bench/native_calls.py
     .venv/bin/python bench/native_calls.py --models smollm2-135m --tokens 1,9 --rounds 12
@@ -72,9 +74,15 @@ def speed(lm, tokens: list[int], cached: int, rounds: int, calls: int) -> list[d
     return out
 
 
-def agreement(lm, sequences: int, length: int) -> dict:
-    """Argmax agreement and entropy error of native against MLX session scores on random sequences."""
-    from tokconv.engine import Scorer
+# What a lower-precision kernel would change: the native call with the input of every product rounded
+# (tokconv_native_set_probe in _native.c): (kind, values per int8 scale)
+PROBES = {"native": (0, 16), "int8 per 16": (1, 16), "int8 per 32": (1, 32), "bfloat16": (2, 16)}
+
+
+def agreement(lm, sequences: int, length: int, probes: list[str]) -> dict:
+    """Argmax agreement and entropy error against MLX session scores on random sequences: the native
+    call as it is, and with each of ``probes`` (PROBES)."""
+    from tokconv.engine import Scorer, native
 
     rng = np.random.default_rng(11)
     seqs = rng.integers(0, lm.vocab_size, (sequences, length))
@@ -88,13 +96,21 @@ def agreement(lm, sequences: int, length: int) -> dict:
             out.append(session.score(s[None]))
         return out
 
-    mine, theirs = score("0"), score("1")
-    os.environ.pop("TOKCONV_NO_NATIVE")
+    theirs = score("1")
     lo = 0 if lm.bos_id is not None else 1  # position 0 has no prediction without a BOS token
-    same = np.concatenate([(a.argmax == b.argmax)[0, lo:] for a, b in zip(mine, theirs)])
-    err = np.concatenate([np.abs(a.entropy - b.entropy)[0, lo:] for a, b in zip(mine, theirs)])
-    return {"positions": int(same.size), "argmax_agreement": float(same.mean()),
-            "entropy_err_max": float(err.max()), "entropy_err_median": float(np.median(err))}
+    results = {}
+    for name in probes:
+        native.library().tokconv_native_set_probe(*PROBES[name])
+        try:
+            mine = score("0")
+        finally:
+            native.library().tokconv_native_set_probe(0, 16)
+        same = np.concatenate([(a.argmax == b.argmax)[0, lo:] for a, b in zip(mine, theirs)])
+        err = np.concatenate([np.abs(a.entropy - b.entropy)[0, lo:] for a, b in zip(mine, theirs)])
+        results[name] = {"positions": int(same.size), "argmax_agreement": float(same.mean()),
+                         "entropy_err_max": float(err.max()), "entropy_err_median": float(np.median(err))}
+    os.environ.pop("TOKCONV_NO_NATIVE")
+    return results
 
 
 def main() -> None:
@@ -106,6 +122,8 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=15)
     ap.add_argument("--sequences", type=int, default=64)
     ap.add_argument("--length", type=int, default=64)
+    ap.add_argument("--probes", default=",".join(PROBES), help=f"agreement of: {', '.join(PROBES)} (comma list)")
+    ap.add_argument("--no-speed", action="store_true", help="only the agreement")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "native-calls.json")
     args = ap.parse_args()
     from bench_runs import measure_bandwidth
@@ -120,9 +138,9 @@ def main() -> None:
         lm = load(name)
         results["models"][name] = {
             "compact_bytes": lm.compact.bytes,
-            "speed": on_call_thread(speed, lm, [int(t) for t in args.tokens.split(",")], args.cached, args.rounds,
-                                    args.calls),
-            "agreement": on_call_thread(agreement, lm, args.sequences, args.length)}
+            "speed": [] if args.no_speed else on_call_thread(speed, lm, [int(t) for t in args.tokens.split(",")],
+                                                             args.cached, args.rounds, args.calls),
+            "agreement": on_call_thread(agreement, lm, args.sequences, args.length, args.probes.split(","))}
         print(json.dumps({name: results["models"][name]}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
@@ -137,11 +155,12 @@ def render(results: dict) -> str:
         for s in m["speed"]:
             a, b = s["ms"]["mlx"], s["ms"]["native"]
             lines.append(f"| {name} | {s['tokens']} | {a:.1f} | {b:.1f} | {a / b:.2f}x | {floor} |")
-    lines += ["", "| model | positions | argmax agreement | entropy error, max | median |", "|---|---|---|---|---|"]
+    lines += ["", "| model | arithmetic | positions | argmax agreement with MLX float32 | entropy error, max | median |",
+              "|---|---|---|---|---|---|"]
     for name, m in results["models"].items():
-        g = m["agreement"]
-        lines.append(f"| {name} | {g['positions']} | {g['argmax_agreement']:.2%} | {g['entropy_err_max']:.1e} | "
-                     f"{g['entropy_err_median']:.1e} |")
+        for probe, g in m["agreement"].items():
+            lines.append(f"| {name} | {probe} | {g['positions']} | {g['argmax_agreement']:.2%} | "
+                         f"{g['entropy_err_max']:.1e} | {g['entropy_err_median']:.1e} |")
     return "\n".join(lines)
 
 

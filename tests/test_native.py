@@ -197,3 +197,22 @@ def test_a_poisoned_request_hands_the_pool_to_mlx_with_its_caches(monkeypatch):
         np.testing.assert_array_equal(a.finite, b.finite)
         np.testing.assert_allclose(a.entropy, b.entropy, atol=1e-5, equal_nan=True)
     assert not got[1].finite[0, 10:].any() and got[1].finite[0, :10].all()
+
+
+def test_the_precision_probe_rounds_what_products_read_and_turns_off_again():
+    """bench/native_calls.py's probe (what an int8 or bfloat16 kernel would change, FINDINGS.md)."""
+    lm = _compact_tiny(seed=9)
+    nat = native.of(lm)
+    tokens = np.random.default_rng(6).integers(0, 320, 24)
+    base, _ = _native_logits(nat, tokens, [(0, 24)])
+    lib = native.library()
+    try:
+        for kind, group in ((1, 16), (1, 32), (2, 16)):
+            lib.tokconv_native_set_probe(kind, group)
+            rounded, _ = _native_logits(nat, tokens, [(0, 24)])
+            diff = np.abs(rounded - base).max() / np.abs(base).max()
+            assert 0 < diff < 0.1, (kind, group, diff)
+    finally:
+        lib.tokconv_native_set_probe(0, 16)
+    again, _ = _native_logits(nat, tokens, [(0, 24)])
+    np.testing.assert_array_equal(again, base)

@@ -43,6 +43,51 @@ struct nat_model {
   gemm_fn gemm;
 };
 
+/* For bench/native_calls.py only: round the input of every product as a lower-precision kernel
+ * would (1: int8 with one scale per `probe_group` values, 2: bfloat16), to measure what such a kernel
+ * would change. 0 (the default): untouched. */
+static int probe_kind, probe_group = 16;
+
+void tokconv_native_set_probe(int kind, int group) {
+  probe_kind = kind;
+  probe_group = group > 0 ? group : 16;
+}
+
+static void round_inputs(const float *a, int m, int k, int lda, float *t) {
+  for (int r = 0; r < m; r++) {
+    const float *x = a + (size_t)r * lda;
+    float *y = t + (size_t)r * k;
+    if (probe_kind == 2) {
+      for (int i = 0; i < k; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u; /* round to nearest even */
+        memcpy(&y[i], &u, 4);
+      }
+      continue;
+    }
+    for (int g = 0; g < k; g += probe_group) {
+      int w = k - g < probe_group ? k - g : probe_group;
+      float big = 0.0f;
+      for (int i = 0; i < w; i++) big = fabsf(x[g + i]) > big ? fabsf(x[g + i]) : big;
+      float step = big / 127.0f, inv = step > 0.0f ? 1.0f / step : 0.0f;
+      for (int i = 0; i < w; i++) y[g + i] = nearbyintf(x[g + i] * inv) * step;
+    }
+  }
+}
+
+/* m->gemm, through round_inputs while a probe is on. */
+static int product(const struct nat_model *m, int rows, int n, int k, const float *a, int lda, const float *w, float beta,
+                   float *c, int ldc, int threads) {
+  if (probe_kind == 0 || rows == 0) return m->gemm(rows, n, k, a, lda, w, beta, c, ldc, threads);
+  float *t = malloc(sizeof(float) * (size_t)rows * k);
+  if (t == NULL) return 3;
+  round_inputs(a, rows, k, lda, t);
+  int rc = m->gemm(rows, n, k, t, k, w, beta, c, ldc, threads);
+  free(t);
+  return rc;
+}
+
 static void rms_norm(const float *x, const float *w, float eps, int n, int e, float *y) {
   float inv = 1.0f / (float)e;
   for (int i = 0; i < n; i++) {
@@ -75,7 +120,7 @@ static int project(const struct nat_model *m, const float *a, int n, int k, cons
                    float *out, int threads) {
   if (bias != NULL)
     for (int i = 0; i < n; i++) memcpy(out + (size_t)i * cols, bias, sizeof(float) * cols);
-  return m->gemm(n, cols, k, a, k, w, bias != NULL ? 1.0f : 0.0f, out, cols, threads);
+  return product(m, n, cols, k, a, k, w, bias != NULL ? 1.0f : 0.0f, out, cols, threads);
 }
 
 /* Causal attention of n queries at positions offset.. over the cached keys and values of one layer. */
@@ -157,16 +202,16 @@ int tokconv_native_rows(const struct nat_model *m, int rows, const int32_t *cons
       }
       attend(m, q + (size_t)at * H * D, K, V, cap[r], n[r], offset[r], p, o + (size_t)at * H * D);
     }
-    if ((rc = m->gemm(N, E, H * D, o, H * D, L->o, 1.0f, x, E, threads))) break; /* x += o @ Wo.T */
+    if ((rc = product(m, N, E, H * D, o, H * D, L->o, 1.0f, x, E, threads))) break; /* x += o @ Wo.T */
     rms_norm(x, L->norm2, L->eps2, N, E, y);
     if ((rc = project(m, y, N, E, L->gate, NULL, I, g, threads)) || (rc = project(m, y, N, E, L->up, NULL, I, u, threads)))
       break;
     for (size_t j = 0; j < (size_t)N * I; j++) g[j] = g[j] / (1.0f + expf(-g[j])) * u[j]; /* SwiGLU */
-    rc = m->gemm(N, E, I, g, I, L->down, 1.0f, x, E, threads); /* x += mlp @ Wdown.T */
+    rc = product(m, N, E, I, g, I, L->down, 1.0f, x, E, threads); /* x += mlp @ Wdown.T */
   }
   if (rc == 0) {
     rms_norm(x, m->norm, m->eps, N, E, y);
-    rc = m->gemm(N, m->vocab, E, y, E, m->head, 0.0f, logits, m->vocab, threads);
+    rc = product(m, N, m->vocab, E, y, E, m->head, 0.0f, logits, m->vocab, threads);
   }
   free(buf);
   return rc;

@@ -34,6 +34,7 @@ from ..fastpath import compact, kernels
 from ..fastpath.build import built, cpu_flags
 from ..models import LoadedModel
 from . import lean
+from .forward import PastKV
 
 _SOURCE = Path(__file__).with_name("_native.c")
 # tokconv_native_rows's answers
@@ -96,6 +97,7 @@ def library() -> ctypes.CDLL | None:
         p, i = ctypes.c_void_p, ctypes.c_int
         lib.tokconv_native_rows.argtypes = [p, i, p, p, p, p, p, p, p, p, p, i]
         lib.tokconv_native_check.argtypes = [p]
+        lib.tokconv_native_set_probe.argtypes = [i, i]  # bench/native_calls.py only
         _lib = lib
         return lib
 
@@ -214,8 +216,6 @@ class NativeCache:
 
     def past(self) -> list:
         """The same keys and values as one :class:`.forward.PastKV` per layer (for an MLX call)."""
-        from .forward import PastKV  # forward imports lean; this keeps native importable alone
-
         if self.offset == 0:
             return [PastKV() for _ in range(self.nat.n_layers)]
         return [PastKV(mx.array(self.keys[layer, None, :, : self.offset]), mx.array(self.values[layer, None, :, : self.offset]))
