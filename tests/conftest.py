@@ -59,6 +59,21 @@ def make_tiny_lm(vocab_size: int = 64, layers: int = 2, seed: int = 0, bos_id: i
     )
 
 
+def add_qkv_biases(model) -> None:
+    """Give every layer's q, k and v projections random biases, as Qwen2's have."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    for layer in model.model.layers:
+        for name in ("q_proj", "k_proj", "v_proj"):
+            old = getattr(layer.self_attn, name)
+            new = nn.Linear(old.weight.shape[1], old.weight.shape[0], bias=True)
+            new.weight = old.weight
+            new.bias = mx.random.normal(new.bias.shape)
+            setattr(layer.self_attn, name, new)
+    mx.eval(model.parameters())
+
+
 def make_compact_tiny_lm(vocab_size: int = 320, layers: int = 3, seed: int = 0, bos_id: int | None = None,
                          bias: bool = False):
     """A tiny llama whose weights lie on an 8-bit grid (as from a GGUF file), prepared as a load
@@ -66,7 +81,6 @@ def make_compact_tiny_lm(vocab_size: int = 320, layers: int = 3, seed: int = 0, 
     (tokconv.engine.native). ``vocab_size`` a multiple of 16. Skips where compact weights are off."""
     import dataclasses
 
-    import mlx.core as mx
     import mlx.nn as nn
 
     from tokconv.fastpath import compact, startup
@@ -75,13 +89,7 @@ def make_compact_tiny_lm(vocab_size: int = 320, layers: int = 3, seed: int = 0, 
         pytest.skip("compact weights are off here")
     lm = make_tiny_lm(vocab_size=vocab_size, layers=layers, seed=seed, bos_id=bos_id)
     if bias:
-        for layer in lm.model.model.layers:
-            for name in ("q_proj", "k_proj", "v_proj"):
-                old = getattr(layer.self_attn, name)
-                new = nn.Linear(old.weight.shape[1], old.weight.shape[0], bias=True)
-                new.weight = old.weight
-                new.bias = mx.random.normal(new.bias.shape)
-                setattr(layer.self_attn, name, new)
+        add_qkv_biases(lm.model)
     nn.quantize(lm.model, group_size=32, bits=4)
     report = startup.prepare_model(lm.model)
     assert report is not None and report.complete

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tokconv  # noqa: F401  (runtime set up before mlx is imported)
-from conftest import make_tiny_lm
+from conftest import add_qkv_biases, make_tiny_lm
 from tokconv.engine import forward, lean
 
 # (cached positions, new tokens): one token, a few, one call past the compact kernel's row limit
@@ -35,22 +35,12 @@ def _call(lm, prefix, tokens, shapeless: bool, monkeypatch):
 
 def _lean_tiny(bias: bool = False, seed: int = 0, layers: int = 2):
     """A tiny llama with tokconv's table RoPE and attention, as prepare_model leaves a real one."""
-    import mlx.core as mx
-    import mlx.nn as nn
-
     from tokconv.fastpath import kernels
 
     kernels.install()
     lm = make_tiny_lm(vocab_size=80, layers=layers, seed=seed)
     if bias:
-        for layer in lm.model.model.layers:
-            for name in ("q_proj", "k_proj", "v_proj"):
-                old = getattr(layer.self_attn, name)
-                new = nn.Linear(old.weight.shape[1], old.weight.shape[0], bias=True)
-                new.weight = old.weight
-                new.bias = mx.random.normal(new.bias.shape)
-                setattr(layer.self_attn, name, new)
-        mx.eval(lm.model.parameters())
+        add_qkv_biases(lm.model)
     assert kernels.use_table_rope(lm.model) == layers
     return lm
 
