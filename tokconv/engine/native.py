@@ -145,7 +145,7 @@ def _build(lm: LoadedModel) -> Native | None:
             slot.eps1, slot.eps2 = layer.input_layernorm.eps, layer.post_attention_layernorm.eps
         embed = inner.embed_tokens.weight
         head = embed if tied else lm.model.lm_head.weight
-        vocab, hidden = embed.shape
+        hidden = embed.shape[1]
         model = _Model(len(inner.layers), hidden, H, Hkv, D, first.mlp.gate_proj.weight.shape[0], head.shape[0],
                        inner.norm.eps, first.self_attn.scale, ptr(embed), ptr(head), ptr(inner.norm.weight),
                        layers, ctypes.cast(compact.library().tokconv_compact_gemm, ctypes.c_void_p).value)

@@ -19,6 +19,11 @@ programming over the sorted rows). Each group gathers its rows' cached prefixes 
 offset (shorter rows padded at the end, which causal attention never lets earlier
 positions see) and scatters the new keys and values back. Unchanged rows are not
 forwarded. :class:`RowSession` is the same for a rectangular batch.
+
+Where one-sequence calls run in C (:mod:`.native`: llama/qwen2 on compact weights), each row
+keeps its own :class:`~tokconv.engine.native.NativeCache` instead, and all the rows to forward go
+into one C call, each from its own offset: no groups and no padding, and every row's results are
+bit for bit those of a one-row session.
 """
 
 from __future__ import annotations

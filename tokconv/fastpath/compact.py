@@ -106,7 +106,7 @@ def set_threads(n: int) -> None:
 class CompactStats:
     """Process-wide counters of the kernel."""
 
-    calls: int  # products the interposer offered
+    calls: int  # products offered: by the interposer, or asked for directly (tokconv.engine.native)
     compact_calls: int  # of which answered from compact weights
     bytes: int  # memory held by compact weights
 
