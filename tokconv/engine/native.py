@@ -4,11 +4,12 @@ A short call through MLX pays for rebuilding and dispatching its graph whatever 
 (BENCHMARKS.md); experiments are made of short calls. Where a model has the layers
 :mod:`.lean` writes (mlx-lm's ``llama`` and ``qwen2``: SmolLM2, Qwen2.5) and every matrix has a
 compact form (:mod:`tokconv.fastpath.compact`: models from GGUF files on a Linux CPU), a
-one-sequence session runs each call as one C function instead: the same products on the same
-compact weights (bit for bit what MLX's calls get from the kernel), the norms, RoPE, attention and
-SwiGLU as plain loops in another summation order. Logits therefore agree with the MLX path to float32
-rounding (``tests/test_native.py`` states the bounds), not bit for bit; the keys and values live in
-a :class:`NativeCache` of numpy arrays.
+one-sequence session runs each call as one C function instead: the products by the same compact
+kernel on the same weights, the norms, RoPE, attention and SwiGLU as plain loops in another
+summation order. Logits therefore agree with the MLX path to float32 rounding
+(``tests/test_native.py`` states the bounds), not bit for bit; the keys and values live in a
+:class:`NativeCache` of numpy arrays. :func:`call_rows` takes several sequences in one call (a
+lockstep pool, :mod:`.rows`), each row's results exactly those of its own call.
 
 ``TOKCONV_NO_NATIVE=1`` turns it off (every call goes through MLX, :mod:`.forward` and :mod:`.lean`).
 Hand-written because no library runs these layers on compact 8-bit weights from numpy buffers;
