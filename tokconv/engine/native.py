@@ -103,60 +103,49 @@ def library() -> ctypes.CDLL | None:
         return lib
 
 
-def _view(a: Any) -> np.ndarray:
-    """The C-contiguous float32 memory of an evaluated MLX array (zero-copy on CPU)."""
+def _view(a: Any, transposed: bool = False) -> np.ndarray:
+    """The C-contiguous float32 memory of an evaluated MLX array (zero-copy on CPU); ``transposed``:
+    of a transposed view (the lean form keeps ``W.T``), whose memory is ``W``'s."""
     mx.eval(a)
-    view = np.asarray(a)
+    view = np.asarray(a).T if transposed else np.asarray(a)
     if view.dtype != np.float32 or not view.flags.c_contiguous:
         raise ValueError("not C-contiguous float32")
     return view
 
 
 def _build(lm: LoadedModel) -> Native | None:
-    """The descriptor of ``lm``, or None where the C call cannot serve it."""
+    """The descriptor of ``lm`` from its lean form (:mod:`.lean` checked the architecture and holds
+    every array the layers read), or None where the C call cannot serve it."""
     lib = library()
-    if lib is None or lean._of(lm) is None or lm.compact is None or not lm.compact.complete:
+    form = lean._of(lm) if lib is not None else None
+    if form is None or lm.compact is None or not lm.compact.complete or fastpath.setup().device != "cpu":
         return None
-    if fastpath.setup().device != "cpu":
-        return None
-    inner, args = lm.model.model, lm.model.args
-    tied = bool(getattr(args, "tie_word_embeddings", False))
-    first = inner.layers[0]
-    H, Hkv = first.self_attn.n_heads, first.self_attn.n_kv_heads
-    D = first.self_attn.q_proj.weight.shape[0] // H
     held: list[np.ndarray] = []
 
-    def ptr(a: Any) -> int | None:
+    def ptr(a: Any, transposed: bool = False) -> int | None:
         if a is None:
             return None
-        v = _view(a)
+        v = _view(a, transposed)
         held.append(v)
         return v.ctypes.data
 
     try:
-        layers = (_Layer * len(inner.layers))()
-        for slot, layer in zip(layers, inner.layers):
-            at, mlp = layer.self_attn, layer.mlp
-            for name, m in (("q", at.q_proj), ("k", at.k_proj), ("v", at.v_proj), ("o", at.o_proj),
-                            ("gate", mlp.gate_proj), ("up", mlp.up_proj), ("down", mlp.down_proj)):
-                setattr(slot, name, ptr(m.weight))
-            for name, m in (("bq", at.q_proj), ("bk", at.k_proj), ("bv", at.v_proj)):
-                setattr(slot, name, ptr(m["bias"]) if "bias" in m else None)
-            slot.norm1, slot.norm2 = ptr(layer.input_layernorm.weight), ptr(layer.post_attention_layernorm.weight)
-            slot.eps1, slot.eps2 = layer.input_layernorm.eps, layer.post_attention_layernorm.eps
-        embed = inner.embed_tokens.weight
-        head = embed if tied else lm.model.lm_head.weight
-        hidden = embed.shape[1]
-        model = _Model(len(inner.layers), hidden, H, Hkv, D, first.mlp.gate_proj.weight.shape[0], head.shape[0],
-                       inner.norm.eps, first.self_attn.scale, ptr(embed), ptr(head), ptr(inner.norm.weight),
-                       layers, ctypes.cast(compact.library().tokconv_compact_gemm, ctypes.c_void_p).value)
-    except (ValueError, AttributeError):
+        layers = (_Layer * len(form.layers))()
+        for slot, layer in zip(layers, form.layers):
+            for name in ("q", "k", "v", "o", "gate", "up", "down"):
+                setattr(slot, name, ptr(getattr(layer, name), transposed=True))
+            slot.bq, slot.bk, slot.bv = ptr(layer.bq), ptr(layer.bk), ptr(layer.bv)
+            slot.norm1, slot.norm2, slot.eps1, slot.eps2 = ptr(layer.norm1), ptr(layer.norm2), layer.eps1, layer.eps2
+        head = ptr(form.head, transposed=True)
+        vocab, hidden = held[-1].shape
+        model = _Model(len(form.layers), hidden, form.heads, form.kv_heads, form.head_dim, form.layers[0].gate.shape[1],
+                       vocab, form.eps, form.scale, ptr(form.embed), head, ptr(form.norm), layers,
+                       ctypes.cast(compact.library().tokconv_compact_gemm, ctypes.c_void_p).value)
+    except ValueError:
         return None
     if lib.tokconv_native_check(ctypes.byref(model)) != 0:
         return None  # a matrix without a compact form: MLX serves this model
-    rope = first.self_attn.rope
-    return Native(model, layers, tuple(held), len(inner.layers), Hkv, D, int(head.shape[0]),
-                  (rope.dims, rope.base, rope.scale))
+    return Native(model, layers, tuple(held), len(form.layers), form.kv_heads, form.head_dim, vocab, form.rope)
 
 
 def of(lm: LoadedModel) -> Native | None:
