@@ -1,15 +1,16 @@
 """One-sequence model calls in C (tokconv/engine/native.py) against the same calls through MLX (the
 shapeless trace of tokconv/engine/lean.py), in one process, taking turns; and how closely they agree.
 
-Speed: each call adds ``--tokens`` new tokens after ``--cached`` positions; both sides read the same
-compact weights. The memory floor is the compact bytes read per call over the machine's read bandwidth
+Speed: each call adds ``--tokens`` new tokens after ``--cached`` positions; every side reads the same
+compact weights: MLX and native calls with float32 inputs, and native calls with int16 inputs. The memory floor is the compact bytes read per call over the machine's read bandwidth
 measured in the same run (bench_runs.measure_bandwidth).
 
 Agreement (#17: at least 99.5% of argmax predictions equal to the float32 MLX path): ``--sequences``
 random sequences of ``--length`` tokens per model, each scored by a session through native calls and
-through MLX (``TOKCONV_NO_NATIVE=1``), first 30 tokens, then the rest after that cached prefix; also
-with the input of every product rounded as an int8 or bfloat16 kernel would (``--probes``), to
-measure what such a kernel would change (FINDINGS.md).
+through MLX (``TOKCONV_NO_NATIVE=1``) with float32 inputs, first 30 tokens, then the rest after that
+cached prefix: native calls with float32 inputs, with the compact kernel's int16 inputs (the default
+where the CPU has AVX-512 VNNI), and with the input of every product rounded as an int8, bfloat16
+or int16 kernel would (``--probes``), to measure what such a kernel would change (FINDINGS.md).
 
     .venv/bin/python bench/native_calls.py
     .venv/bin/python bench/native_calls.py --models smollm2-135m --tokens 1,9 --rounds 12
@@ -41,6 +42,7 @@ def speed(lm, tokens: list[int], cached: int, rounds: int, calls: int) -> list[d
     import mlx.core as mx
 
     from tokconv.engine import forward, lean, native
+    from tokconv.fastpath import compact
 
     nat = native.of(lm)
     if nat is None or lean._of(lm) is None:
@@ -54,35 +56,40 @@ def speed(lm, tokens: list[int], cached: int, rounds: int, calls: int) -> list[d
     cache = native.NativeCache(nat)
     native.call(nat, prefix, cache, 2)
     out = []
+    sides = ["mlx", "native", "native int16"] if compact.int16_inputs() else ["mlx", "native"]
     for n in tokens:
-        times: dict[str, list[float]] = {"mlx": [], "native": []}
+        times: dict[str, list[float]] = {side: [] for side in sides}
         for r in range(rounds):
-            for side in (["mlx", "native"] if r % 2 else ["native", "mlx"]):
+            for side in sides[r % len(sides):] + sides[: r % len(sides)]:  # each side goes first in turn
                 ts = []
-                for _ in range(calls):
-                    x = rng.integers(0, lm.vocab_size, n)
-                    t0 = time.perf_counter()
-                    if side == "mlx":
-                        logits, kv = lean.call(lean._of(lm), mx.array(x[None].astype(np.int32)), past, stream)
-                        mx.eval(logits, kv)
-                    else:
-                        cache.trim(cache.offset - cached)
-                        native.call(nat, x, cache, 2)
-                    ts.append(time.perf_counter() - t0)
+                with compact.int16(side == "native int16"):  # mlx and native: float32 inputs
+                    for _ in range(calls):
+                        x = rng.integers(0, lm.vocab_size, n)
+                        t0 = time.perf_counter()
+                        if side == "mlx":
+                            logits, kv = lean.call(lean._of(lm), mx.array(x[None].astype(np.int32)), past, stream)
+                            mx.eval(logits, kv)
+                        else:
+                            cache.trim(cache.offset - cached)
+                            native.call(nat, x, cache, 2)
+                        ts.append(time.perf_counter() - t0)
                 times[side].append(statistics.median(ts) * 1e3)
         out.append({"tokens": n, "ms": {s: statistics.median(v) for s, v in times.items()}, "rounds": times})
     return out
 
 
 # What a lower-precision kernel would change: the native call with the input of every product rounded
-# (tokconv_native_set_probe in _native.c): (kind, values per int8 scale)
-PROBES = {"native": (0, 16), "int8 per 16": (1, 16), "int8 per 32": (1, 32), "bfloat16": (2, 16)}
+# (tokconv_native_set_probe in _native.c): (kind, values per integer scale)
+# "int16 kernel" is no probe: the compact kernel's own int16 inputs (the default where the CPU has VNNI).
+PROBES = {"native": (0, 16), "int16 kernel": (0, 16), "int8 per 16": (1, 16), "int8 per 32": (1, 32),
+          "bfloat16": (2, 16), "int16 per 16": (3, 16), "int16 per row": (3, 1 << 30)}
 
 
 def agreement(lm, sequences: int, length: int, probes: list[str]) -> dict:
     """Argmax agreement and entropy error against MLX session scores on random sequences: the native
     call as it is, and with each of ``probes`` (PROBES)."""
     from tokconv.engine import Scorer, native
+    from tokconv.fastpath import compact
 
     rng = np.random.default_rng(11)
     seqs = rng.integers(0, lm.vocab_size, (sequences, length))
@@ -96,13 +103,17 @@ def agreement(lm, sequences: int, length: int, probes: list[str]) -> dict:
             out.append(session.score(s[None]))
         return out
 
-    theirs = score("1")
+    with compact.int16(False):  # the float32 path
+        theirs = score("1")
     lo = 0 if lm.bos_id is not None else 1  # position 0 has no prediction without a BOS token
     results = {}
     for name in probes:
+        if name == "int16 kernel" and not compact.int16_inputs():
+            continue
         native.library().tokconv_native_set_probe(*PROBES[name])
         try:
-            mine = score("0")
+            with compact.int16(name == "int16 kernel"):
+                mine = score("0")
         finally:
             native.library().tokconv_native_set_probe(0, 16)
         same = np.concatenate([(a.argmax == b.argmax)[0, lo:] for a, b in zip(mine, theirs)])
@@ -149,12 +160,16 @@ def main() -> None:
 
 def render(results: dict) -> str:
     bw = results["bandwidth"].get("read_gb_s")
-    lines = ["| model | new tokens | MLX (ms) | native (ms) | speedup | memory floor (ms) |", "|---|---|---|---|---|---|"]
+    lines = ["| model | new tokens | MLX (ms) | native (ms) | native, int16 inputs (ms) | speedup over MLX | "
+             "memory floor (ms) |", "|---|---|---|---|---|---|---|"]
     for name, m in results["models"].items():
         floor = f"{m['compact_bytes'] / (bw * 1e9) * 1e3:.1f}" if bw else "?"
         for s in m["speed"]:
             a, b = s["ms"]["mlx"], s["ms"]["native"]
-            lines.append(f"| {name} | {s['tokens']} | {a:.1f} | {b:.1f} | {a / b:.2f}x | {floor} |")
+            c = s["ms"].get("native int16")
+            best = min(b, c) if c else b
+            lines.append(f"| {name} | {s['tokens']} | {a:.1f} | {b:.1f} | {f'{c:.1f}' if c else '-'} | {a / best:.2f}x "
+                         f"| {floor} |")
     lines += ["", "| model | arithmetic | positions | argmax agreement with MLX float32 | entropy error, max | median |",
               "|---|---|---|---|---|---|"]
     for name, m in results["models"].items():

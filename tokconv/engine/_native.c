@@ -44,7 +44,8 @@ struct nat_model {
 };
 
 /* For bench/native_calls.py only: round the input of every product as a lower-precision kernel
- * would (1: int8 with one scale per `probe_group` values, 2: bfloat16), to measure what such a kernel
+ * would (1: int8 with one scale per `probe_group` values, 2: bfloat16, 3: int16 with one scale per
+ * `probe_group` values), to measure what such a kernel
  * would change. 0 (the default): untouched. */
 static int probe_kind, probe_group = 16;
 
@@ -70,7 +71,7 @@ static void round_inputs(const float *a, int m, int k, int lda, float *t) {
       int w = k - g < probe_group ? k - g : probe_group;
       float big = 0.0f;
       for (int i = 0; i < w; i++) big = fabsf(x[g + i]) > big ? fabsf(x[g + i]) : big;
-      float step = big / 127.0f, inv = step > 0.0f ? 1.0f / step : 0.0f;
+      float step = big / (probe_kind == 3 ? 32767.0f : 127.0f), inv = step > 0.0f ? 1.0f / step : 0.0f;
       for (int i = 0; i < w; i++) y[g + i] = nearbyintf(x[g + i] * inv) * step;
     }
   }

@@ -16,6 +16,13 @@
  * tokconv_compact_sgemm first; it answers calls whose B is a registered matrix and whose M is at
  * most the row limit, and returns 0 for every other call.
  *
+ * Int16 inputs (the default where the CPU has AVX-512 VNNI): the rows of x are rounded to 16-bit
+ * integers with one scale per group of 16 (the weights' own groups), so that each group's sum of
+ * products is one exact integer dot product (vpdpwssd: twice the multiply-adds of a float32 FMA per
+ * instruction). What that rounding changes in a model's predictions is measured against float32
+ * (bench/native_calls.py, BENCHMARKS.md) and tested (tests/test_native.py);
+ * tokconv_compact_set_int16(0) (TOKCONV_NO_INT16=1) keeps float32 inputs.
+ *
  * Built once by tokconv/fastpath/compact.py:  gcc -O3 -march=native -shared -fPIC _compact.c -lpthread
  * Portable GNU C vectors: gcc emits AVX-512 where the CPU has it, AVX2 or SSE otherwise.
  */
@@ -42,6 +49,9 @@ enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
  * rows per pass spread the cost of dequantizing each weight over more products; past 16, gcc runs
  * out of AVX-512 registers and the passes got slower, not faster. */
 enum { G = 16, TILE = TILE_ROWS, MAX_THREADS = 64 };
+/* Rows per pass of the int16 kernel: each row holds a float and an integer accumulator in registers,
+ * next to the weights of one group, so 12 rows fill the 32 AVX-512 registers. */
+enum { TILE16 = 12 };
 /* A worker spins this long for the next product before it sleeps: a model call's products come a
  * few dozen microseconds apart, and waking a sleeping thread costs about as much as a small product.
  * It spins with sched_yield: on 2 cores the caller (MLX's stream thread), Python's thread (building
@@ -87,6 +97,13 @@ struct slot {
 #include "_weights_table.h"
 static int max_rows = 48; /* compact.py sets TOKCONV_COMPACT_MAX_ROWS at load */
 static int n_threads = 1;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define HAVE_INT16 1
+static int int16_inputs = 1; /* compact.py sets TOKCONV_NO_INT16 at load */
+#else
+#define HAVE_INT16 0
+static int int16_inputs = 0;
+#endif
 static size_t compact_bytes;
 static long long calls, hits; /* statistics for tests and benchmarks */
 
@@ -309,7 +326,124 @@ static void rows_times_column(int rows, const float *a, int lda, const struct bl
   }
 }
 
+/* ---- int16 inputs ------------------------------------------------------------------------ */
+
+/* x rounded for the int16 kernel: per row, k/2 int32 words (two int16 values each, as vpdpwssd takes
+ * them), and per group of 16 the scale of those integers and the exact float sum of the group's
+ * inputs (for the weights' offsets: sum(x * (offset + scale * q)) = offset * sum(x) + scale * sum(x * q)). */
+struct rounded {
+  int32_t *pairs;     /* [m][k / 2] */
+  float *step;        /* [m][k / 16] */
+  float *sum;         /* [m][k / 16] */
+  unsigned char *bad; /* [m]: the row holds NaN or infinity (rounded as zeros; its product runs on float32) */
+};
+
+/* One buffer per thread, grown as needed: a product's inputs are rounded on its calling thread. */
+static __thread void *round_buf;
+static __thread size_t round_cap;
+
+/* Round the m x k rows of `a` (stride lda): the number of rows that hold NaN or infinity (which
+ * float32 inputs carry through as BLAS does), or -1 out of memory. */
+static int round_inputs(int m, int k, const float *a, int lda, struct rounded *x) {
+  int kb = k / G, bad = 0;
+  size_t need = (size_t)m * k * 2 + (size_t)m * kb * 8 + (size_t)m + 64;
+  if (need > round_cap) {
+    free(round_buf);
+    round_cap = 0;
+    round_buf = aligned_alloc(64, (need + 63) / 64 * 64);
+    if (round_buf == NULL) return -1;
+    round_cap = need;
+  }
+  x->pairs = round_buf;
+  x->step = (float *)((char *)round_buf + (size_t)m * k * 2);
+  x->sum = x->step + (size_t)m * kb;
+  x->bad = (unsigned char *)(x->sum + (size_t)m * kb);
+  for (int r = 0; r < m; r++) {
+    const float *row = a + (size_t)r * lda;
+    int16_t *q = (int16_t *)(x->pairs + (size_t)r * (k / 2));
+    float *step = x->step + (size_t)r * kb, *sum = x->sum + (size_t)r * kb;
+    x->bad[r] = 0;
+    for (int g = 0; g < kb; g++) {
+      const float *v = row + g * G;
+      float big = 0.0f, total = 0.0f;
+      for (int i = 0; i < G; i++) {
+        float mag = fabsf_(v[i]);
+        big = mag > big ? mag : big;
+        total += v[i];
+      }
+      if (!(big <= 3.4e38f) || !(total - total == 0.0f)) { /* NaN or infinity */
+        x->bad[r] = 1;
+        break;
+      }
+      float inv = big > 0.0f ? 32767.0f / big : 0.0f;
+      for (int i = 0; i < G; i++) q[g * G + i] = (int16_t)__builtin_rintf(v[i] * inv);
+      step[g] = big / 32767.0f;
+      sum[g] = total;
+    }
+    if (x->bad[r]) {
+      memset(q, 0, (size_t)k * 2);
+      memset(step, 0, sizeof(float) * kb);
+      memset(sum, 0, sizeof(float) * kb);
+      bad++;
+    }
+  }
+  return bad;
+}
+
+#if HAVE_INT16
+/* Rows [0, R) of rounded x times one block column of 16 outputs. Per group, the 16 x 16 weights are
+ * widened to int16 pairs (k, k+1) once and held in registers; then each row's 8 pair products run as
+ * one integer dot product and join the float accumulator with the group's two scales. */
+static inline __attribute__((always_inline)) void tile16(int R, const struct rounded *x, int k, int r0,
+                                                         const struct block *col, int kb, float *c, int ldc, float beta) {
+  /* (q[2p][i], q[2p+1][i]) next to each other: lanes 0..15 are row 2p, 16..31 row 2p+1 after widening */
+  const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
+                                         5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  __m512 acc[TILE16];
+  const int32_t *xp = x->pairs + (size_t)r0 * (k / 2);
+  const float *step = x->step + (size_t)r0 * kb, *sum = x->sum + (size_t)r0 * kb;
+  for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+  for (int g = 0; g < kb; g++) {
+    const struct block *blk = &col[g];
+    for (int line = 0; line < (int)sizeof(struct block); line += 64) __builtin_prefetch((const char *)(blk + PREFETCH) + line);
+    __m512i dot[TILE16];
+    for (int r = 0; r < R; r++) dot[r] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+    for (int p = 0; p < G / 2; p++) {
+      __m512i w = _mm512_permutexvar_epi16(pairs, _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)blk->q[2 * p])));
+      for (int r = 0; r < R; r++)
+        dot[r] = _mm512_dpwssd_epi32(dot[r], w, _mm512_set1_epi32(xp[(size_t)r * (k / 2) + g * (G / 2) + p]));
+    }
+    __m512 s = _mm512_loadu_ps(blk->scale), o = _mm512_loadu_ps(blk->offset);
+    for (int r = 0; r < R; r++) {
+      __m512 scaled = _mm512_mul_ps(s, _mm512_set1_ps(step[(size_t)r * kb + g]));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), scaled, acc[r]);
+      acc[r] = _mm512_fmadd_ps(o, _mm512_set1_ps(sum[(size_t)r * kb + g]), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; r++) {
+    float *cr = c + (size_t)r * ldc;
+    if (beta != 0.0f) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_loadu_ps(cr), acc[r]);
+    _mm512_storeu_ps(cr, acc[r]);
+  }
+}
+
+#define TILE16_CASE(R) \
+  case R:              \
+    tile16(R, x, k, r0, col, kb, c, ldc, beta); \
+    break;
+
+static void rows_times_column16(int rows, const struct rounded *x, int k, int r0, const struct block *col, int kb,
+                                float *c, int ldc, float beta) {
+  switch (rows) {
+    TILE16_CASE(1) TILE16_CASE(2) TILE16_CASE(3) TILE16_CASE(4) TILE16_CASE(5) TILE16_CASE(6)
+    TILE16_CASE(7) TILE16_CASE(8) TILE16_CASE(9) TILE16_CASE(10) TILE16_CASE(11) TILE16_CASE(12)
+  }
+}
+#endif
+
 struct job {
+  const struct rounded *x; /* int16 inputs, or NULL for float32 */
   int m, kb;
   const float *a;
   int lda;
@@ -327,11 +461,17 @@ static void run_chunk(const struct job *j, int chunk) {
   for (int nb = lo; nb < hi; nb++) {
     const struct block *col = j->blocks + (size_t)nb * j->kb;
     /* passes of near-equal rows (20 rows: 10 + 10, not 16 + a 4-row pass that costs nearly as much) */
-    int passes = (j->m + TILE - 1) / TILE;
+    int tile = j->x != NULL ? TILE16 : TILE;
+    int passes = (j->m + tile - 1) / tile;
     for (int p = 0, r0 = 0; p < passes; p++) {
       int rows = (j->m - r0) / (passes - p);
-      rows_times_column(rows, j->a + (size_t)r0 * j->lda, j->lda, col, j->kb, j->c + (size_t)r0 * j->ldc + nb * G,
-                        j->ldc, j->beta);
+#if HAVE_INT16
+      if (j->x != NULL)
+        rows_times_column16(rows, j->x, j->kb * G, r0, col, j->kb, j->c + (size_t)r0 * j->ldc + nb * G, j->ldc, j->beta);
+      else
+#endif
+        rows_times_column(rows, j->a + (size_t)r0 * j->lda, j->lda, col, j->kb, j->c + (size_t)r0 * j->ldc + nb * G,
+                          j->ldc, j->beta);
       r0 += rows;
     }
   }
@@ -427,6 +567,9 @@ void tokconv_compact_set_max_rows(int rows) { max_rows = rows; }
 int tokconv_compact_get_max_rows(void) { return max_rows; }
 void tokconv_compact_set_threads(int n) { n_threads = n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : n; }
 int tokconv_compact_get_threads(void) { return n_threads; }
+/* Int16 inputs on (1) or off (0); stays 0 where this CPU has no AVX-512 VNNI. */
+void tokconv_compact_set_int16(int on) { int16_inputs = HAVE_INT16 && on; }
+int tokconv_compact_get_int16(void) { return int16_inputs; }
 
 static int insert(const float *b, int n, int k, struct block *blocks, size_t bytes, int owned) {
   int rc = table_insert((struct slot){b, n, k, blocks, bytes, owned});
@@ -518,8 +661,27 @@ int tokconv_compact_gemm(int m, int n, int k, const float *a, int lda, const flo
     pthread_rwlock_unlock(&table_lock);
     return 1;
   }
-  struct job j = {m, k / G, a, lda, s->blocks, c, ldc, beta, n / G, 0, 0, 0};
+  struct rounded x;
+  int bad = m > 0 && int16_inputs ? round_inputs(m, k, a, lda, &x) : -1;
+  float *kept = NULL; /* rows with NaN or infinity: their product on float32 inputs, made first */
+  if (bad > 0 && (kept = malloc(sizeof(float) * (size_t)bad * n)) == NULL) bad = -1;
+  if (bad > 0)
+    for (int r = 0, i = 0; r < m; r++) {
+      if (!x.bad[r]) continue;
+      float *row = kept + (size_t)i++ * n;
+      if (beta != 0.0f) memcpy(row, c + (size_t)r * ldc, sizeof(float) * n);
+      struct job one = {NULL, 1, k / G, a + (size_t)r * lda, lda, s->blocks, row, n, beta, n / G, 0, 0, 0};
+      run_job(&one, threads);
+    }
+  /* each row is rounded on its own and the rest of its product is the same, so a row's results do
+   * not depend on the rows beside it (lockstep sweeps equal one-by-one runs) */
+  struct job j = {bad >= 0 ? &x : NULL, m, k / G, a, lda, s->blocks, c, ldc, beta, n / G, 0, 0, 0};
   run_job(&j, threads); /* the read lock stays held so that a remove cannot unmap mid-product */
+  if (bad > 0) {
+    for (int r = 0, i = 0; r < m; r++)
+      if (x.bad[r]) memcpy(c + (size_t)r * ldc, kept + (size_t)i++ * n, sizeof(float) * n);
+    free(kept);
+  }
   pthread_rwlock_unlock(&table_lock);
   if (m > 0) __atomic_fetch_add(&hits, 1, __ATOMIC_RELAXED);
   return 0;

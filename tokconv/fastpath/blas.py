@@ -47,8 +47,10 @@ def setup_blas(warnings: list[str]) -> str | None:
         if sgemm_provider():
             packed = f" with packed weights (<= {packing.row_limit()} rows)" if packing.loaded() and packing.packs_enabled() else ""
             if hook_compact():
-                packed += (f", compact 8-bit weights (<= {compact.row_limit()} rows, and one-sequence calls in C;"
-                           " TOKCONV_NO_COMPACT=1 / TOKCONV_NO_NATIVE=1 turn them off)")
+                int16 = compact.int16_inputs()
+                packed += (f", compact 8-bit weights{' with int16 inputs' * int16} (<= {compact.row_limit()} rows,"
+                           " and one-sequence calls in C; TOKCONV_NO_COMPACT=1"
+                           f"{' / TOKCONV_NO_INT16=1' * int16} / TOKCONV_NO_NATIVE=1 turn them off)")
             return label + packed + threads.default_blas_threads()
         errors.append(f"{label}: exports no cblas_sgemm")
     fix = "; ".join(errors) or "pip install scipy-openblas32 (needs gcc) or apt-get install libopenblas0-pthread"

@@ -12,6 +12,12 @@ The interposer in front of the BLAS (:mod:`.packing` for MKL, the OpenBLAS shim 
 asks this library first; products with at most :func:`row_limit` rows of a registered weight
 are answered here, every other product goes to the BLAS. ``TOKCONV_NO_COMPACT=1`` turns it off,
 ``TOKCONV_COMPACT_MAX_ROWS`` moves the crossover (``bench/compact_curve.py`` measures it).
+
+Where the CPU has AVX-512 VNNI, the inputs of a product are rounded to 16-bit integers (one scale
+per 16 values) so that each group's products run as integer dot products, twice as many per
+instruction as float32 ones. That changes predictions a little: ``bench/native_calls.py`` measures
+the argmax agreement with float32 inputs (BENCHMARKS.md), and ``tests/test_native.py`` holds it to
+at least 99.5% on every bundled model. ``TOKCONV_NO_INT16=1`` keeps float32 inputs.
 """
 
 from __future__ import annotations
@@ -53,6 +59,11 @@ def row_limit() -> int:
         return DEFAULT_MAX_ROWS
 
 
+def int16_wanted() -> bool:
+    """False when the user asked for float32 inputs (``TOKCONV_NO_INT16=1``)."""
+    return os.environ.get("TOKCONV_NO_INT16") != "1"
+
+
 def library() -> ctypes.CDLL | None:
     """The kernel library, built on first use (None where off or where gcc cannot build it)."""
     global _lib, _tried
@@ -75,6 +86,7 @@ def library() -> ctypes.CDLL | None:
     lib.tokconv_compact_add_built.argtypes = [p, i, i, p]
     lib.tokconv_compact_verify.argtypes = [p, i, i, p, i]
     lib.tokconv_compact_set_max_rows(row_limit())
+    lib.tokconv_compact_set_int16(int(int16_wanted()))
     _lib = lib
     return lib
 
@@ -132,6 +144,21 @@ def max_rows(rows: int) -> Iterator[None]:
     side-by-side measurements and tests. Process-wide."""
     lib = _lib
     with setting(lib and lib.tokconv_compact_get_max_rows, lib and lib.tokconv_compact_set_max_rows, rows):
+        yield
+
+
+def int16_inputs() -> bool:
+    """True where products on compact weights round their inputs to 16-bit integers right now
+    (this CPU has AVX-512 VNNI and ``TOKCONV_NO_INT16`` is not set)."""
+    return _lib is not None and bool(_lib.tokconv_compact_get_int16())
+
+
+@contextmanager
+def int16(on: bool) -> Iterator[None]:
+    """Inside the block, products round their inputs to int16 (``on``) or keep them float32; for
+    side-by-side measurements and tests. Process-wide."""
+    lib = _lib
+    with setting(lib and lib.tokconv_compact_get_int16, lib and lib.tokconv_compact_set_int16, int(on)):
         yield
 
 

@@ -11,7 +11,8 @@ Environment: ``TOKCONV_BLAS`` (a library exporting ``cblas_sgemm``), and ``=1`` 
 ``TOKCONV_NO_REEXEC``, ``TOKCONV_NO_FAST_EXP`` (mlx-lm's own attention and RoPE),
 ``TOKCONV_NO_COMPILE`` (uncompiled model calls, :mod:`tokconv.engine.forward`), ``TOKCONV_NO_SHAPELESS``
 (a trace per input shape, :mod:`tokconv.engine.lean`), ``TOKCONV_NO_PACK`` (no MKL
-packed weights), ``TOKCONV_NO_COMPACT`` (no compact 8-bit weights, :mod:`.compact`), ``TOKCONV_NO_NATIVE``
+packed weights), ``TOKCONV_NO_COMPACT`` (no compact 8-bit weights, :mod:`.compact`), ``TOKCONV_NO_INT16``
+(float32 inputs to products on compact weights, not int16: :mod:`.compact`), ``TOKCONV_NO_NATIVE``
 (one-sequence calls through MLX, not in C: :mod:`tokconv.engine.native`);
 ``TOKCONV_PACK_MAX_ROWS`` (most rows a packed matmul may have, 1024), ``TOKCONV_COMPACT_MAX_ROWS``;
 ``TOKCONV_BLAS_THREADS`` fixes the BLAS thread count (``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` too).
