@@ -358,27 +358,24 @@ static int round_inputs(int m, int k, const float *a, int lda, struct rounded *x
   x->step = (float *)((char *)round_buf + (size_t)m * k * 2);
   x->sum = x->step + (size_t)m * kb;
   x->bad = (unsigned char *)(x->sum + (size_t)m * kb);
+#if HAVE_INT16
   for (int r = 0; r < m; r++) {
     const float *row = a + (size_t)r * lda;
     int16_t *q = (int16_t *)(x->pairs + (size_t)r * (k / 2));
     float *step = x->step + (size_t)r * kb, *sum = x->sum + (size_t)r * kb;
     x->bad[r] = 0;
     for (int g = 0; g < kb; g++) {
-      const float *v = row + g * G;
-      float big = 0.0f, total = 0.0f;
-      for (int i = 0; i < G; i++) {
-        float mag = fabsf_(v[i]);
-        big = mag > big ? mag : big;
-        total += v[i];
-      }
-      if (!(big <= 3.4e38f) || !(total - total == 0.0f)) { /* NaN or infinity */
+      __m512 v = _mm512_loadu_ps(row + g * G);
+      if (_mm512_fpclass_ps_mask(v, 0x99)) { /* NaN or infinity */
         x->bad[r] = 1;
         break;
       }
+      float big = _mm512_reduce_max_ps(_mm512_abs_ps(v));
       float inv = big > 0.0f ? 32767.0f / big : 0.0f;
-      for (int i = 0; i < G; i++) q[g * G + i] = (int16_t)__builtin_rintf(v[i] * inv);
+      /* round to nearest even (the default rounding mode); |v * inv| <= 32767, so int16 holds it */
+      _mm256_storeu_si256((__m256i *)(q + g * G), _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inv)))));
       step[g] = big / 32767.0f;
-      sum[g] = total;
+      sum[g] = _mm512_reduce_add_ps(v);
     }
     if (x->bad[r]) {
       memset(q, 0, (size_t)k * 2);
@@ -387,6 +384,9 @@ static int round_inputs(int m, int k, const float *a, int lda, struct rounded *x
       bad++;
     }
   }
+#else
+  (void)a, (void)lda;
+#endif
   return bad;
 }
 
