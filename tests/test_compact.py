@@ -277,3 +277,20 @@ def test_compact_forms_are_cached_on_disk_and_a_damaged_file_is_rebuilt(tmp_path
     holder, got = register()
     assert np.all(np.abs(got - want) <= _bound(x, w, compact.int16_inputs()))
     assert files[0].read_bytes() != bytes(damaged)
+
+
+def test_a_run_records_the_arithmetic_of_its_products():
+    """Runs with int16 inputs can take other moves at near-ties than float32 runs, so a stored run
+    says which it had (its ``versions``)."""
+    from tokconv.experiments import RunConfig, collect, prepare
+
+    def arithmetic() -> dict:
+        exp = prepare(RunConfig(mode="sequential", model_a="smollm2-135m", length=6, iterations=2))
+        result = collect(exp, exp.records())
+        return {k: v for k, v in result.versions.items() if k.startswith("arithmetic:")}
+
+    with compact.int16(False):
+        assert arithmetic() == {"arithmetic:smollm2-135m": "float32"}
+    with compact.int16(True):
+        want = "int16 inputs" if compact.int16_inputs() else "float32"
+        assert arithmetic() == {"arithmetic:smollm2-135m": want}

@@ -7,8 +7,9 @@ so. :mod:`.forward` is one compiled model call, :mod:`.head` the entropy head, :
 how a call is spread over the CPU.
 """
 
+from .arithmetic import arithmetic
 from .rows import RowPool, RowRequest, RowSession
 from .scores import Cost, Scores
 from .session import Scorer, ScoringSession, score, validate_tokens
 
-__all__ = ["Cost", "RowPool", "RowRequest", "RowSession", "Scorer", "Scores", "ScoringSession", "score", "validate_tokens"]
+__all__ = ["Cost", "arithmetic", "RowPool", "RowRequest", "RowSession", "Scorer", "Scores", "ScoringSession", "score", "validate_tokens"]

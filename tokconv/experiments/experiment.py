@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Generator, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterator, Sequence
 
 import mlx_lm
 
-from ..engine import Scores
+from ..engine import Scores, arithmetic
 from ..errors import TokconvError
 from ..models import LoadedModel, load
 from ..models.vocab import random_tokens, same_vocabulary
@@ -127,6 +127,15 @@ def fingerprints(steps: list[Step], labels: list[str]) -> dict[str, dict[str, in
     return out
 
 
+def _versions(players: Sequence[Any]) -> dict[str, str]:
+    """What computed a run: tokconv's and mlx-lm's versions, and each model's arithmetic (whether its
+    products took int16 inputs: such runs can take other moves at near-ties than float32 ones)."""
+    out = {"tokconv": __version__, "mlx_lm": mlx_lm.__version__}
+    for p in players:
+        out[f"arithmetic:{p.label}"] = arithmetic(p.lm)
+    return out
+
+
 def collect(exp: Experiment, records: Iterator[Record], on_record: Callable[[Record], None] | None = None) -> RunResult:
     """Consume a record stream into a RunResult (calling ``on_record`` for each record)."""
     labels = [p.label for p in exp.players]
@@ -135,7 +144,7 @@ def collect(exp: Experiment, records: Iterator[Record], on_record: Callable[[Rec
         models=labels,
         start_text=exp.start_text,
         start_tokens=exp.start_tokens,
-        versions={"tokconv": __version__, "mlx_lm": mlx_lm.__version__},
+        versions=_versions(exp.players),
     )
     t0 = time.perf_counter()
     try:
