@@ -20,7 +20,7 @@
  * integers with one scale per group of 16 (the weights' own groups), so that each group's sum of
  * products is one exact integer dot product (vpdpwssd: twice the multiply-adds of a float32 FMA per
  * instruction). What that rounding changes in a model's predictions is measured against float32
- * (bench/native_calls.py, BENCHMARKS.md) and tested (tests/test_native.py);
+ * (bench/native_calls.py, BENCHMARKS.md) and tested (tests/test_compact.py, tests/test_native.py);
  * tokconv_compact_set_int16(0) (TOKCONV_NO_INT16=1) keeps float32 inputs.
  *
  * Built once by tokconv/fastpath/compact.py:  gcc -O3 -march=native -shared -fPIC _compact.c -lpthread

@@ -16,8 +16,8 @@ are answered here, every other product goes to the BLAS. ``TOKCONV_NO_COMPACT=1`
 Where the CPU has AVX-512 VNNI, the inputs of a product are rounded to 16-bit integers (one scale
 per 16 values) so that each group's products run as integer dot products, twice as many per
 instruction as float32 ones. That changes predictions a little: ``bench/native_calls.py`` measures
-the argmax agreement with float32 inputs (BENCHMARKS.md), and ``tests/test_native.py`` holds it to
-at least 99.5% on every bundled model. ``TOKCONV_NO_INT16=1`` keeps float32 inputs.
+the argmax agreement with float32 inputs (BENCHMARKS.md), and ``tests/test_compact.py`` and
+``tests/test_native.py`` hold it to at least 99.5% on every bundled model. ``TOKCONV_NO_INT16=1`` keeps float32 inputs.
 """
 
 from __future__ import annotations
