@@ -42,12 +42,17 @@
 #endif
 
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
-#ifndef TILE_ROWS
-#define TILE_ROWS 16
-#endif
 /* TILE: most rows multiplied in one pass over the weights, their accumulators in registers. More
  * rows per pass spread the cost of dequantizing each weight over more products; past 16, gcc runs
- * out of AVX-512 registers and the passes got slower, not faster. */
+ * out of AVX-512 registers and the passes got slower, not faster. AVX2 has 16 registers of half the
+ * width: two accumulators per row, so 6 rows leave room for the weights being widened. */
+#ifndef TILE_ROWS
+#if defined(__AVX512F__) || !defined(__AVX2__)
+#define TILE_ROWS 16
+#else
+#define TILE_ROWS 6
+#endif
+#endif
 enum { G = 16, TILE = TILE_ROWS, MAX_THREADS = 64 };
 /* Rows per pass of the int16 kernel: each row holds a float and an integer accumulator in registers,
  * next to the weights of one group, so 12 rows fill the 32 AVX-512 registers. */
@@ -275,6 +280,44 @@ static inline __attribute__((always_inline)) v16f load_weights(const struct bloc
   return w * s + o;
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+/* Rows [0, R) of x (stride lda) times one block column of 16 outputs, in AVX2 registers. The
+ * generic 64-byte vectors below would do the same, but without AVX-512 gcc moves them through the
+ * stack at every step: products ran slower than float32 BLAS on the whole matrix. */
+static inline __attribute__((always_inline)) void tile(int R, const float *a, int lda, const struct block *col,
+                                                       int kb, float *c, int ldc, float beta) {
+  __m256 lo[TILE], hi[TILE];
+  for (int r = 0; r < R; r++) lo[r] = hi[r] = _mm256_setzero_ps();
+  for (int g = 0; g < kb; g++) {
+    const struct block *blk = &col[g];
+    for (int line = 0; line < (int)sizeof(struct block); line += 64) __builtin_prefetch((const char *)(blk + PREFETCH) + line);
+    const float *ag = a + g * G;
+#pragma GCC unroll 4
+    for (int kk = 0; kk < G; kk++) {
+      __m128i raw = _mm_loadu_si128((const __m128i *)blk->q[kk]);
+      __m256 wl = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(raw)), _mm256_loadu_ps(blk->scale),
+                                  _mm256_loadu_ps(blk->offset));
+      __m256 wh = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(raw, 8))),
+                                  _mm256_loadu_ps(blk->scale + 8), _mm256_loadu_ps(blk->offset + 8));
+      for (int r = 0; r < R; r++) {
+        __m256 xb = _mm256_broadcast_ss(ag + (size_t)r * lda + kk);
+        lo[r] = _mm256_fmadd_ps(xb, wl, lo[r]);
+        hi[r] = _mm256_fmadd_ps(xb, wh, hi[r]);
+      }
+    }
+  }
+  for (int r = 0; r < R; r++) {
+    float *cr = c + (size_t)r * ldc;
+    if (beta != 0.0f) {
+      __m256 b = _mm256_set1_ps(beta);
+      lo[r] = _mm256_fmadd_ps(b, _mm256_loadu_ps(cr), lo[r]);
+      hi[r] = _mm256_fmadd_ps(b, _mm256_loadu_ps(cr + 8), hi[r]);
+    }
+    _mm256_storeu_ps(cr, lo[r]);
+    _mm256_storeu_ps(cr + 8, hi[r]);
+  }
+}
+#else
 /* Rows [0, R) of x (stride lda) times one block column of 16 outputs; R is a constant per call
  * site, so the accumulators stay in registers. */
 static inline __attribute__((always_inline)) void tile(int R, const float *a, int lda, const struct block *col,
@@ -306,6 +349,7 @@ static inline __attribute__((always_inline)) void tile(int R, const float *a, in
     memcpy(cr, &acc[r], sizeof acc[r]);
   }
 }
+#endif
 
 #define TILE_CASE(R) \
   case R:            \
