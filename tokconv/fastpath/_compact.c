@@ -281,24 +281,64 @@ static inline __attribute__((always_inline)) v16f load_weights(const struct bloc
 }
 
 #if defined(__AVX2__) && !defined(__AVX512F__)
+/* Dequantize block column `col` (kb blocks) to floats: panel[g][kk][16]. */
+static void dequantize_column(const struct block *col, int kb, float *panel) {
+  for (int g = 0; g < kb; g++) {
+    const struct block *blk = &col[g];
+    __m256 sl = _mm256_loadu_ps(blk->scale), sh = _mm256_loadu_ps(blk->scale + 8);
+    __m256 ol = _mm256_loadu_ps(blk->offset), oh = _mm256_loadu_ps(blk->offset + 8);
+    float *w = panel + (size_t)g * G * G;
+#pragma GCC unroll 16
+    for (int kk = 0; kk < G; kk++) {
+      __m128i raw = _mm_loadu_si128((const __m128i *)blk->q[kk]);
+      _mm256_store_ps(w + kk * G, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(raw)), sl, ol));
+      _mm256_store_ps(w + kk * G + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(raw, 8))), sh, oh));
+    }
+  }
+}
+
 /* Rows [0, R) of x (stride lda) times one block column of 16 outputs, in AVX2 registers. The
  * generic 64-byte vectors below would do the same, but without AVX-512 gcc moves them through the
- * stack at every step: products ran slower than float32 BLAS on the whole matrix. */
+ * stack at every step: products ran slower than float32 BLAS on the whole matrix. One or two rows
+ * widen each weight in registers as they go (bound by reading the weights); more rows first write
+ * each block's weights as floats (or take them from `panel`, the whole column written once for
+ * several passes), so that the registers hold the accumulators and each weight is one load. */
 static inline __attribute__((always_inline)) void tile(int R, const float *a, int lda, const struct block *col,
-                                                       int kb, float *c, int ldc, float beta) {
+                                                       int kb, float *c, int ldc, float beta, const float *panel) {
   __m256 lo[TILE], hi[TILE];
+  float wbuf[G * G] __attribute__((aligned(32)));
+#pragma GCC unroll 16
   for (int r = 0; r < R; r++) lo[r] = hi[r] = _mm256_setzero_ps();
   for (int g = 0; g < kb; g++) {
     const struct block *blk = &col[g];
-    for (int line = 0; line < (int)sizeof(struct block); line += 64) __builtin_prefetch((const char *)(blk + PREFETCH) + line);
     const float *ag = a + g * G;
+    if (R <= 2) {
+      for (int line = 0; line < (int)sizeof(struct block); line += 64) __builtin_prefetch((const char *)(blk + PREFETCH) + line);
+#pragma GCC unroll 4
+      for (int kk = 0; kk < G; kk++) {
+        __m128i raw = _mm_loadu_si128((const __m128i *)blk->q[kk]);
+        __m256 wl = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(raw)), _mm256_loadu_ps(blk->scale),
+                                    _mm256_loadu_ps(blk->offset));
+        __m256 wh = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(raw, 8))),
+                                    _mm256_loadu_ps(blk->scale + 8), _mm256_loadu_ps(blk->offset + 8));
+#pragma GCC unroll 16
+        for (int r = 0; r < R; r++) {
+          __m256 xb = _mm256_broadcast_ss(ag + (size_t)r * lda + kk);
+          lo[r] = _mm256_fmadd_ps(xb, wl, lo[r]);
+          hi[r] = _mm256_fmadd_ps(xb, wh, hi[r]);
+        }
+      }
+      continue;
+    }
+    const float *w = panel != NULL ? panel + (size_t)g * G * G : wbuf;
+    if (panel == NULL) {
+      for (int line = 0; line < (int)sizeof(struct block); line += 64) __builtin_prefetch((const char *)(blk + PREFETCH) + line);
+      dequantize_column(blk, 1, wbuf);
+    }
 #pragma GCC unroll 4
     for (int kk = 0; kk < G; kk++) {
-      __m128i raw = _mm_loadu_si128((const __m128i *)blk->q[kk]);
-      __m256 wl = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(raw)), _mm256_loadu_ps(blk->scale),
-                                  _mm256_loadu_ps(blk->offset));
-      __m256 wh = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(raw, 8))),
-                                  _mm256_loadu_ps(blk->scale + 8), _mm256_loadu_ps(blk->offset + 8));
+      __m256 wl = _mm256_load_ps(w + kk * G), wh = _mm256_load_ps(w + kk * G + 8);
+#pragma GCC unroll 16
       for (int r = 0; r < R; r++) {
         __m256 xb = _mm256_broadcast_ss(ag + (size_t)r * lda + kk);
         lo[r] = _mm256_fmadd_ps(xb, wl, lo[r]);
@@ -306,6 +346,7 @@ static inline __attribute__((always_inline)) void tile(int R, const float *a, in
       }
     }
   }
+#pragma GCC unroll 16
   for (int r = 0; r < R; r++) {
     float *cr = c + (size_t)r * ldc;
     if (beta != 0.0f) {
@@ -317,11 +358,13 @@ static inline __attribute__((always_inline)) void tile(int R, const float *a, in
     _mm256_storeu_ps(cr + 8, hi[r]);
   }
 }
+#define HAVE_PANEL 1
 #else
 /* Rows [0, R) of x (stride lda) times one block column of 16 outputs; R is a constant per call
  * site, so the accumulators stay in registers. */
 static inline __attribute__((always_inline)) void tile(int R, const float *a, int lda, const struct block *col,
-                                                       int kb, float *c, int ldc, float beta) {
+                                                       int kb, float *c, int ldc, float beta, const float *panel) {
+  (void)panel;
   v16f acc[TILE];
   for (int r = 0; r < R; r++) acc[r] = (v16f){0};
   for (int g = 0; g < kb; g++) {
@@ -353,11 +396,11 @@ static inline __attribute__((always_inline)) void tile(int R, const float *a, in
 
 #define TILE_CASE(R) \
   case R:            \
-    tile(R <= TILE ? R : TILE, a, lda, col, kb, c, ldc, beta); \
+    tile(R <= TILE ? R : TILE, a, lda, col, kb, c, ldc, beta, panel); \
     break;
 
 static void rows_times_column(int rows, const float *a, int lda, const struct block *col, int kb, float *c,
-                              int ldc, float beta) {
+                              int ldc, float beta, const float *panel) {
   switch (rows) {
     TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6)
     TILE_CASE(7) TILE_CASE(8) TILE_CASE(9) TILE_CASE(10) TILE_CASE(11) TILE_CASE(12)
@@ -500,6 +543,23 @@ struct job {
   int done;             /* chunks finished (atomic) */
 };
 
+#ifdef HAVE_PANEL
+/* One panel per thread, grown as needed (kb blocks of 16 x 16 floats), or NULL out of memory. */
+static __thread float *panel_buf;
+static __thread size_t panel_cap;
+
+static float *column_panel(int kb) {
+  size_t need = (size_t)kb * G * G * sizeof(float);
+  if (need > panel_cap) {
+    free(panel_buf);
+    panel_cap = 0;
+    if ((panel_buf = aligned_alloc(64, need)) == NULL) return NULL;
+    panel_cap = need;
+  }
+  return panel_buf;
+}
+#endif
+
 static void run_chunk(const struct job *j, int chunk) {
   int lo = chunk * j->chunk, hi = lo + j->chunk < j->n_blocks ? lo + j->chunk : j->n_blocks;
   for (int nb = lo; nb < hi; nb++) {
@@ -507,6 +567,10 @@ static void run_chunk(const struct job *j, int chunk) {
     /* passes of near-equal rows (20 rows: 10 + 10, not 16 + a 4-row pass that costs nearly as much) */
     int tile = j->x != NULL ? TILE16 : TILE;
     int passes = (j->m + tile - 1) / tile;
+    const float *panel = NULL;
+#ifdef HAVE_PANEL
+    if (j->x == NULL && passes > 1 && (panel = column_panel(j->kb)) != NULL) dequantize_column(col, j->kb, (float *)panel);
+#endif
     for (int p = 0, r0 = 0; p < passes; p++) {
       int rows = (j->m - r0) / (passes - p);
 #if HAVE_INT16
@@ -515,7 +579,7 @@ static void run_chunk(const struct job *j, int chunk) {
       else
 #endif
         rows_times_column(rows, j->a + (size_t)r0 * j->lda, j->lda, col, j->kb, j->c + (size_t)r0 * j->ldc + nb * G,
-                          j->ldc, j->beta);
+                          j->ldc, j->beta, panel);
       r0 += rows;
     }
   }
