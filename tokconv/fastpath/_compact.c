@@ -24,7 +24,10 @@
  * tokconv_compact_set_int16(0) (TOKCONV_NO_INT16=1) keeps float32 inputs.
  *
  * Built once by tokconv/fastpath/compact.py:  gcc -O3 -march=native -shared -fPIC _compact.c -lpthread
- * Portable GNU C vectors: gcc emits AVX-512 where the CPU has it, AVX2 or SSE otherwise.
+ * The float32 kernel is written in GNU C vectors of 16 floats, which gcc turns into AVX-512 code; on
+ * AVX2 CPUs (no AVX-512) a kernel in AVX2 intrinsics replaces it, because gcc spilled those vectors
+ * to the stack there (see tile below). Other CPUs get the GNU C vectors as gcc compiles them
+ * (not measured).
  */
 #define _GNU_SOURCE
 #include <linux/futex.h>
@@ -268,12 +271,6 @@ static inline __attribute__((always_inline)) v16f load_weights(const struct bloc
 #if defined(__AVX512F__)
   __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->q[kk])));
   memcpy(&w, &f, sizeof w);
-#elif defined(__AVX2__)
-  __m128i raw = _mm_loadu_si128((const __m128i *)blk->q[kk]);
-  __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(raw));
-  __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(raw, 8)));
-  memcpy(&w, &lo, sizeof lo);
-  memcpy((char *)&w + sizeof lo, &hi, sizeof hi);
 #else
   for (int i = 0; i < G; i++) w[i] = blk->q[kk][i];
 #endif
