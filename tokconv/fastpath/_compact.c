@@ -287,9 +287,11 @@ static void dequantize_column(const struct block *col, int kb, float *panel) {
     float *w = panel + (size_t)g * G * G;
 #pragma GCC unroll 16
     for (int kk = 0; kk < G; kk++) {
-      __m128i raw = _mm_loadu_si128((const __m128i *)blk->q[kk]);
-      _mm256_store_ps(w + kk * G, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(raw)), sl, ol));
-      _mm256_store_ps(w + kk * G + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(raw, 8))), sh, oh));
+      /* two 8-byte loads: each folds into its widening instruction (no shift for the upper half) */
+      __m256i ql = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)blk->q[kk]));
+      __m256i qh = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk->q[kk] + 8)));
+      _mm256_store_ps(w + kk * G, _mm256_fmadd_ps(_mm256_cvtepi32_ps(ql), sl, ol));
+      _mm256_store_ps(w + kk * G + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(qh), sh, oh));
     }
   }
 }
@@ -313,11 +315,10 @@ static inline __attribute__((always_inline)) void tile(int R, const float *a, in
       for (int line = 0; line < (int)sizeof(struct block); line += 64) __builtin_prefetch((const char *)(blk + PREFETCH) + line);
 #pragma GCC unroll 4
       for (int kk = 0; kk < G; kk++) {
-        __m128i raw = _mm_loadu_si128((const __m128i *)blk->q[kk]);
-        __m256 wl = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(raw)), _mm256_loadu_ps(blk->scale),
-                                    _mm256_loadu_ps(blk->offset));
-        __m256 wh = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(raw, 8))),
-                                    _mm256_loadu_ps(blk->scale + 8), _mm256_loadu_ps(blk->offset + 8));
+        __m256i ql = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)blk->q[kk]));
+        __m256i qh = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk->q[kk] + 8)));
+        __m256 wl = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ql), _mm256_loadu_ps(blk->scale), _mm256_loadu_ps(blk->offset));
+        __m256 wh = _mm256_fmadd_ps(_mm256_cvtepi32_ps(qh), _mm256_loadu_ps(blk->scale + 8), _mm256_loadu_ps(blk->offset + 8));
 #pragma GCC unroll 16
         for (int r = 0; r < R; r++) {
           __m256 xb = _mm256_broadcast_ss(ag + (size_t)r * lda + kk);
