@@ -42,7 +42,8 @@ Setup of the peers' interpreter (once; a separate venv, torch from the local CPU
 
 (``-DGGML_NATIVE=ON`` builds fine but dies with SIGILL on the first ``eval``: these VMs' CPUs list AMX,
 and ggml's AMX matmul runs ``tilezero``, which the guest may not execute. The flags above are
--march=native without AMX; on a machine without AVX-512, drop the AVX512 ones.)
+-march=native without AMX; on a machine without AVX-512, drop the AVX512 ones. On CPUs that list no
+AMX, such as AMD's, ``-DGGML_NATIVE=ON`` worked: BENCHMARKS.md, 2026-12-02.)
 
 Then:
 
