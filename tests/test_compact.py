@@ -101,6 +101,48 @@ def test_a_product_cut_into_chunks_over_both_threads_gives_the_one_thread_bits(m
         compact.remove(w)
 
 
+@pytest.fixture(scope="module")
+def avx2_kernel():
+    """The kernel built as for a CPU with AVX2 and no AVX-512 (its own code path), also on machines
+    that have AVX-512, so that CI tests both whatever CPU it runs on. A library of its own: its
+    registered matrices and worker threads are not the process's kernel's."""
+    import ctypes
+
+    from tokconv.fastpath.build import built, cpu_flags
+
+    if b"avx2" not in cpu_flags().split():
+        pytest.skip("this CPU has no AVX2")
+    lib = ctypes.CDLL(str(built(compact._SOURCE, ["-O3", "-march=native", "-mno-avx512f", "-lpthread"], cpu_flags())))
+    p, i = ctypes.c_void_p, ctypes.c_int
+    lib.tokconv_compact_add.argtypes = [p, i, i]
+    lib.tokconv_compact_remove.argtypes = [p]
+    lib.tokconv_compact_gemm.argtypes = [i, i, i, p, i, p, ctypes.c_float, p, i, i]
+    lib.tokconv_compact_set_max_rows(48)
+    return lib
+
+
+@pytest.mark.parametrize("tensor", TENSORS, ids=[f"{m}:{t}" for m, t in TENSORS])
+def test_the_avx2_kernel_matches_numpy_on_every_gguf_block_format(avx2_kernel, tensor):
+    # 1-2 rows widen weights in registers, 3-6 multiply from a float block, 7+ from a float column
+    # written once for several passes; beta=1 adds to what the output held (x += o @ Wo.T)
+    w, kind = _rows(*tensor)
+    assert avx2_kernel.tokconv_compact_add(w.ctypes.data, *w.shape) == 0, kind
+    try:
+        for m in (1, 2, 3, 6, 7, 12, 13, 40):
+            x = np.random.default_rng(m).standard_normal((m, w.shape[1])).astype(np.float32)
+            want = x.astype(np.float64) @ w.T.astype(np.float64)
+            for threads in (1, 2):
+                for beta in (0.0, 1.0):
+                    c = np.random.default_rng(9).standard_normal((m, w.shape[0])).astype(np.float32)
+                    held = c.astype(np.float64)
+                    assert avx2_kernel.tokconv_compact_gemm(m, w.shape[0], w.shape[1], x.ctypes.data, w.shape[1], w.ctypes.data,
+                                                            beta, c.ctypes.data, w.shape[0], threads) == 0
+                    err = np.abs(c - (want + beta * held))
+                    assert np.all(err <= _bound(x, w, False) + 1e-6 * beta * np.abs(held)), (kind, m, threads, beta)
+    finally:
+        avx2_kernel.tokconv_compact_remove(w.ctypes.data)
+
+
 def test_int16_inputs_change_products_within_their_bound_and_pass_nan_and_infinity_through():
     w, _ = _rows("smollm2-135m", "blk.0.ffn_down.weight", rows=32)
     assert compact.add(w) == 0
