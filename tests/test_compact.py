@@ -112,13 +112,8 @@ def avx2_kernel():
 
     if b"avx2" not in cpu_flags().split():
         pytest.skip("this CPU has no AVX2")
-    lib = ctypes.CDLL(str(built(compact._SOURCE, ["-O3", "-march=native", "-mno-avx512f", "-lpthread"], cpu_flags())))
-    p, i = ctypes.c_void_p, ctypes.c_int
-    lib.tokconv_compact_add.argtypes = [p, i, i]
-    lib.tokconv_compact_remove.argtypes = [p]
-    lib.tokconv_compact_gemm.argtypes = [i, i, i, p, i, p, ctypes.c_float, p, i, i]
-    lib.tokconv_compact_set_max_rows(48)
-    return lib
+    return compact.declare(ctypes.CDLL(str(built(compact._SOURCE, ["-O3", "-march=native", "-mno-avx512f", "-lpthread"],
+                                                  cpu_flags()))))
 
 
 @pytest.mark.parametrize("tensor", TENSORS, ids=[f"{m}:{t}" for m, t in TENSORS])

@@ -278,20 +278,25 @@ static inline __attribute__((always_inline)) v16f load_weights(const struct bloc
 }
 
 #if defined(__AVX2__) && !defined(__AVX512F__)
+/* Weights kk of a block (16 outputs) as floats: offset + scale * q. Each half comes from its own
+ * 8-byte load, which folds into the widening instruction (no shift for the upper half). */
+static inline __attribute__((always_inline)) void widen(const struct block *blk, int kk, __m256 *lo, __m256 *hi) {
+  __m256i ql = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)blk->q[kk]));
+  __m256i qh = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk->q[kk] + 8)));
+  *lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ql), _mm256_loadu_ps(blk->scale), _mm256_loadu_ps(blk->offset));
+  *hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(qh), _mm256_loadu_ps(blk->scale + 8), _mm256_loadu_ps(blk->offset + 8));
+}
+
 /* Dequantize block column `col` (kb blocks) to floats: panel[g][kk][16]. */
 static void dequantize_column(const struct block *col, int kb, float *panel) {
   for (int g = 0; g < kb; g++) {
-    const struct block *blk = &col[g];
-    __m256 sl = _mm256_loadu_ps(blk->scale), sh = _mm256_loadu_ps(blk->scale + 8);
-    __m256 ol = _mm256_loadu_ps(blk->offset), oh = _mm256_loadu_ps(blk->offset + 8);
     float *w = panel + (size_t)g * G * G;
 #pragma GCC unroll 16
     for (int kk = 0; kk < G; kk++) {
-      /* two 8-byte loads: each folds into its widening instruction (no shift for the upper half) */
-      __m256i ql = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)blk->q[kk]));
-      __m256i qh = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk->q[kk] + 8)));
-      _mm256_store_ps(w + kk * G, _mm256_fmadd_ps(_mm256_cvtepi32_ps(ql), sl, ol));
-      _mm256_store_ps(w + kk * G + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(qh), sh, oh));
+      __m256 lo, hi;
+      widen(&col[g], kk, &lo, &hi);
+      _mm256_store_ps(w + kk * G, lo);
+      _mm256_store_ps(w + kk * G + 8, hi);
     }
   }
 }
@@ -315,10 +320,8 @@ static inline __attribute__((always_inline)) void tile(int R, const float *a, in
       for (int line = 0; line < (int)sizeof(struct block); line += 64) __builtin_prefetch((const char *)(blk + PREFETCH) + line);
 #pragma GCC unroll 4
       for (int kk = 0; kk < G; kk++) {
-        __m256i ql = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)blk->q[kk]));
-        __m256i qh = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk->q[kk] + 8)));
-        __m256 wl = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ql), _mm256_loadu_ps(blk->scale), _mm256_loadu_ps(blk->offset));
-        __m256 wh = _mm256_fmadd_ps(_mm256_cvtepi32_ps(qh), _mm256_loadu_ps(blk->scale + 8), _mm256_loadu_ps(blk->offset + 8));
+        __m256 wl, wh;
+        widen(blk, kk, &wl, &wh);
 #pragma GCC unroll 16
         for (int r = 0; r < R; r++) {
           __m256 xb = _mm256_broadcast_ss(ag + (size_t)r * lda + kk);

@@ -76,6 +76,13 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(built(_SOURCE, ["-O3", "-march=native", "-lpthread"], cpu_flags())))
     except OSError:
         return None  # plain BLAS: correct, only slower for short calls
+    _lib = declare(lib)
+    return _lib
+
+
+def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """``lib`` (a build of ``_compact.c``) with its functions' argument types and this process's
+    settings (row limit, int16 inputs)."""
     p, i = ctypes.c_void_p, ctypes.c_int
     lib.tokconv_compact_add.argtypes = [p, i, i]
     lib.tokconv_compact_remove.argtypes = [p]
@@ -87,7 +94,6 @@ def library() -> ctypes.CDLL | None:
     lib.tokconv_compact_verify.argtypes = [p, i, i, p, i]
     lib.tokconv_compact_set_max_rows(row_limit())
     lib.tokconv_compact_set_int16(int(int16_wanted()))
-    _lib = lib
     return lib
 
 
