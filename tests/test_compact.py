@@ -101,27 +101,33 @@ def test_a_product_cut_into_chunks_over_both_threads_gives_the_one_thread_bits(m
         compact.remove(w)
 
 
-@pytest.fixture(scope="module")
-def avx2_kernel():
-    """The kernel built as for a CPU with AVX2 and no AVX-512 (its own code path), also on machines
-    that have AVX-512, so that CI tests both whatever CPU it runs on. A library of its own: its
-    registered matrices and worker threads are not the process's kernel's."""
+# Builds of the kernel for other CPUs than this one: the AVX2 code as on a CPU without AVX-512, and
+# gcc's generic vectors as on a CPU with neither (what ARM or an old x86 gets), so that CI tests each
+# path whatever CPU it runs on. Each is a library of its own: its registered matrices and worker
+# threads are not the process's kernel's.
+KERNEL_BUILDS = {"AVX2": ["-mno-avx512f"], "generic vectors": ["-mno-avx512f", "-mno-avx2", "-mno-fma"]}
+
+
+@pytest.fixture(scope="module", params=list(KERNEL_BUILDS))
+def kernel_build(request):
     import ctypes
 
     from tokconv.fastpath.build import built, cpu_flags
 
     if b"avx2" not in cpu_flags().split():
-        pytest.skip("this CPU has no AVX2")
-    return compact.declare(ctypes.CDLL(str(built(compact._SOURCE, ["-O3", "-march=native", "-mno-avx512f", "-lpthread"],
-                                                  cpu_flags()))))
+        pytest.skip("builds for other CPUs are made on x86-64 CPUs with AVX2")
+    flags = ["-O3", "-march=native", *KERNEL_BUILDS[request.param], "-lpthread"]
+    return request.param, compact.declare(ctypes.CDLL(str(built(compact._SOURCE, flags, cpu_flags()))))
 
 
 @pytest.mark.parametrize("tensor", TENSORS, ids=[f"{m}:{t}" for m, t in TENSORS])
-def test_the_avx2_kernel_matches_numpy_on_every_gguf_block_format(avx2_kernel, tensor):
-    # 1-2 rows widen weights in registers, 3-6 multiply from a float block, 7+ from a float column
-    # written once for several passes; beta=1 adds to what the output held (x += o @ Wo.T)
+def test_each_kernel_build_matches_numpy_on_every_gguf_block_format(kernel_build, tensor):
+    # AVX2: 1-2 rows widen weights in registers, 3-6 multiply from a float block, 7+ from a float
+    # column written once for several passes; beta=1 adds to what the output held (x += o @ Wo.T)
+    name, lib = kernel_build
+    assert compact.kernel(lib) == name
     w, kind = _rows(*tensor)
-    assert avx2_kernel.tokconv_compact_add(w.ctypes.data, *w.shape) == 0, kind
+    assert lib.tokconv_compact_add(w.ctypes.data, *w.shape) == 0, kind
     try:
         for m in (1, 2, 3, 6, 7, 12, 13, 40):
             x = np.random.default_rng(m).standard_normal((m, w.shape[1])).astype(np.float32)
@@ -130,12 +136,31 @@ def test_the_avx2_kernel_matches_numpy_on_every_gguf_block_format(avx2_kernel, t
                 for beta in (0.0, 1.0):
                     c = np.random.default_rng(9).standard_normal((m, w.shape[0])).astype(np.float32)
                     held = c.astype(np.float64)
-                    assert avx2_kernel.tokconv_compact_gemm(m, w.shape[0], w.shape[1], x.ctypes.data, w.shape[1], w.ctypes.data,
-                                                            beta, c.ctypes.data, w.shape[0], threads) == 0
+                    assert lib.tokconv_compact_gemm(m, w.shape[0], w.shape[1], x.ctypes.data, w.shape[1], w.ctypes.data,
+                                                    beta, c.ctypes.data, w.shape[0], threads) == 0
                     err = np.abs(c - (want + beta * held))
-                    assert np.all(err <= _bound(x, w, False) + 1e-6 * beta * np.abs(held)), (kind, m, threads, beta)
+                    assert np.all(err <= _bound(x, w, False) + 1e-6 * beta * np.abs(held)), (name, kind, m, threads, beta)
     finally:
-        avx2_kernel.tokconv_compact_remove(w.ctypes.data)
+        lib.tokconv_compact_remove(w.ctypes.data)
+
+
+def test_compact_weights_are_on_by_default_only_where_the_kernel_has_code_for_the_cpu(kernel_build, monkeypatch):
+    """gcc's generic vectors ran slower than float32 BLAS (BENCHMARKS.md), so a CPU with neither AVX2
+    nor AVX-512 keeps its products on BLAS unless the user asks, and the notice says why."""
+    name, lib = kernel_build
+    monkeypatch.delenv("TOKCONV_COMPACT", raising=False)
+    reason = compact.declined(lib)
+    if name == "AVX2":
+        assert reason is None
+    else:
+        assert "AVX2 or AVX-512" in reason and "TOKCONV_COMPACT=1" in reason
+        monkeypatch.setenv("TOKCONV_COMPACT", "1")
+        assert compact.declined(lib) is None
+    # this process's own kernel: the code written for this CPU, and used
+    from tokconv.fastpath.build import cpu_flags
+
+    assert compact.kernel(compact.library()) == ("AVX-512" if b"avx512f" in cpu_flags().split() else "AVX2")
+    assert compact.declined_reason() is None
 
 
 def test_int16_inputs_change_products_within_their_bound_and_pass_nan_and_infinity_through():

@@ -26,8 +26,10 @@
  * Built once by tokconv/fastpath/compact.py:  gcc -O3 -march=native -shared -fPIC _compact.c -lpthread
  * The float32 kernel is written in GNU C vectors of 16 floats, which gcc turns into AVX-512 code; on
  * AVX2 CPUs (no AVX-512) a kernel in AVX2 intrinsics replaces it, because gcc spilled those vectors
- * to the stack there (see tile below). Other CPUs get the GNU C vectors as gcc compiles them
- * (not measured).
+ * to the stack there (see tile below). Other CPUs get the GNU C vectors as gcc compiles them, which
+ * spill the same way (an AVX-only or SSE build on an AVX2 CPU ran 3-8x slower than the AVX2 kernel,
+ * and slower than float32 BLAS): tokconv_compact_kernel() says which, and compact.py leaves compact
+ * weights off on such CPUs unless TOKCONV_COMPACT=1.
  */
 #define _GNU_SOURCE
 #include <linux/futex.h>
@@ -679,6 +681,18 @@ int tokconv_compact_get_threads(void) { return n_threads; }
 /* Int16 inputs on (1) or off (0); stays 0 where this CPU has no AVX-512 VNNI. */
 void tokconv_compact_set_int16(int on) { int16_inputs = HAVE_INT16 && on; }
 int tokconv_compact_get_int16(void) { return int16_inputs; }
+/* Which float32 kernel this build has: 2 AVX-512 (GNU C vectors of 16 floats, one register each), 1
+ * AVX2 intrinsics, 0 gcc's generic vectors (other CPUs: written for neither, and not fast there where
+ * measured, so compact.py does not turn them on by itself). */
+int tokconv_compact_kernel(void) {
+#if defined(__AVX512F__)
+  return 2;
+#elif defined(__AVX2__)
+  return 1;
+#else
+  return 0;
+#endif
+}
 
 static int insert(const float *b, int n, int k, struct block *blocks, size_t bytes, int owned) {
   int rc = table_insert((struct slot){b, n, k, blocks, bytes, owned});

@@ -51,6 +51,8 @@ def setup_blas(warnings: list[str]) -> str | None:
                 packed += (f", compact 8-bit weights{' with int16 inputs' * int16} (<= {compact.row_limit()} rows,"
                            " and one-sequence calls in C; TOKCONV_NO_COMPACT=1"
                            f"{' / TOKCONV_NO_INT16=1' * int16} / TOKCONV_NO_NATIVE=1 turn them off)")
+            elif reason := compact.declined_reason():
+                packed += f", {reason}"
             return label + packed + threads.default_blas_threads()
         errors.append(f"{label}: exports no cblas_sgemm")
     fix = "; ".join(errors) or "pip install scipy-openblas32 (needs gcc) or apt-get install libopenblas0-pthread"

@@ -13,6 +13,11 @@ asks this library first; products with at most :func:`row_limit` rows of a regis
 are answered here, every other product goes to the BLAS. ``TOKCONV_NO_COMPACT=1`` turns it off,
 ``TOKCONV_COMPACT_MAX_ROWS`` moves the crossover (``bench/compact_curve.py`` measures it).
 
+It is on by default only where the kernel was written for the CPU: AVX-512 or AVX2 (x86-64). On
+other CPUs (x86-64 without AVX2, ARM) gcc's generic vectors are all it has, and where measured they
+ran slower than float32 BLAS, so products stay on BLAS there and the fast-path notice says why;
+``TOKCONV_COMPACT=1`` turns compact weights on anyway.
+
 Where the CPU has AVX-512 VNNI, the inputs of a product are rounded to 16-bit integers (one scale
 per 16 values) so that each group's products run as integer dot products, twice as many per
 instruction as float32 ones. That changes predictions a little: ``bench/native_calls.py`` measures
@@ -39,6 +44,7 @@ _SOURCE = Path(__file__).with_name("_compact.c")
 DEFAULT_MAX_ROWS = 48  # bench/compact_curve.py: compact ahead of MKL up to ~56 rows on both cores
 _lib: ctypes.CDLL | None = None
 _tried = False  # library() was asked once: built, or not buildable here
+_declined: str | None = None  # why a built library is not used here (declined())
 _hooked = False  # an interposer in front of the BLAS calls the kernel (set by .blas)
 
 # tokconv_compact_add's answers
@@ -49,6 +55,35 @@ REFUSED = {3: "out of memory", 4: "table full", 5: "not on an 8-bit grid", 6: "s
 def enabled() -> bool:
     """False when the user turned compact weights off (``TOKCONV_NO_COMPACT=1``)."""
     return os.environ.get("TOKCONV_NO_COMPACT") != "1"
+
+
+def forced() -> bool:
+    """True when the user asked for compact weights even without a kernel for this CPU
+    (``TOKCONV_COMPACT=1``)."""
+    return os.environ.get("TOKCONV_COMPACT") == "1"
+
+
+KERNELS = {2: "AVX-512", 1: "AVX2", 0: "generic vectors"}  # tokconv_compact_kernel's answers
+
+
+def kernel(lib: ctypes.CDLL) -> str:
+    """Which float32 kernel a build of ``_compact.c`` has: ``KERNELS``."""
+    return KERNELS.get(int(lib.tokconv_compact_kernel()), "generic vectors")
+
+
+def declined(lib: ctypes.CDLL) -> str | None:
+    """Why a build of ``_compact.c`` is not used by default (its kernel was written for no CPU
+    feature this one has), for the fast-path notice; None where it is used."""
+    if kernel(lib) != "generic vectors" or forced():
+        return None
+    return ("compact 8-bit weights off: their kernel needs AVX2 or AVX-512, which this CPU lacks"
+            " (TOKCONV_COMPACT=1 turns them on)")
+
+
+def declined_reason() -> str | None:
+    """Why this process runs without compact weights although they were built, or None."""
+    library()
+    return _declined
 
 
 def row_limit() -> int:
@@ -66,7 +101,7 @@ def int16_wanted() -> bool:
 
 def library() -> ctypes.CDLL | None:
     """The kernel library, built on first use (None where off or where gcc cannot build it)."""
-    global _lib, _tried
+    global _lib, _tried, _declined
     if _tried:
         return _lib
     _tried = True
@@ -76,7 +111,10 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(built(_SOURCE, ["-O3", "-march=native", "-lpthread"], cpu_flags())))
     except OSError:
         return None  # plain BLAS: correct, only slower for short calls
-    _lib = declare(lib)
+    _declined = declined(declare(lib))
+    if _declined is not None:
+        return None
+    _lib = lib
     return _lib
 
 
@@ -92,6 +130,7 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.tokconv_compact_build.argtypes = [p, i, i, p]
     lib.tokconv_compact_add_built.argtypes = [p, i, i, p]
     lib.tokconv_compact_verify.argtypes = [p, i, i, p, i]
+    lib.tokconv_compact_kernel.restype = i
     lib.tokconv_compact_set_max_rows(row_limit())
     lib.tokconv_compact_set_int16(int(int16_wanted()))
     return lib

@@ -16,6 +16,8 @@ packed weights), ``TOKCONV_NO_COMPACT`` (no compact 8-bit weights, :mod:`.compac
 (one-sequence calls through MLX, not in C: :mod:`tokconv.engine.native`);
 ``TOKCONV_PACK_MAX_ROWS`` (most rows a packed matmul may have, 1024), ``TOKCONV_COMPACT_MAX_ROWS``;
 ``TOKCONV_BLAS_THREADS`` fixes the BLAS thread count (``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` too).
+``TOKCONV_COMPACT=1`` turns compact weights on where the kernel has no code for the CPU (neither AVX2
+nor AVX-512: :mod:`.compact`).
 """
 
 from __future__ import annotations
