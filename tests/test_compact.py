@@ -144,6 +144,32 @@ def test_each_kernel_build_matches_numpy_on_every_gguf_block_format(kernel_build
         lib.tokconv_compact_remove(w.ctypes.data)
 
 
+def test_every_build_fits_the_same_compact_form_and_refuses_values_off_a_grid(kernel_build):
+    """The fit of each group of 16 (AVX-512 and AVX2 code, scalar elsewhere) gives the same bytes as
+    the scalar fit of the generic build, on every GGUF block format; values off an 8-bit grid are
+    refused by each."""
+    import ctypes
+
+    from tokconv.fastpath.build import built, cpu_flags
+
+    name, lib = kernel_build
+    scalar = compact.declare(ctypes.CDLL(str(built(compact._SOURCE, ["-O3", "-march=native", *KERNEL_BUILDS["generic vectors"],
+                                                                    "-lpthread"], cpu_flags()))))
+    for model, tensor in TENSORS:
+        w, kind = _rows(model, tensor, rows=64)
+        forms = []
+        for fit in (lib, compact.library(), scalar):
+            out = np.zeros(fit.tokconv_compact_size(*w.shape), np.uint8)
+            assert fit.tokconv_compact_build(w.ctypes.data, *w.shape, out.ctypes.data) == 0, (name, kind)
+            forms.append(out)
+        assert forms[0].any()
+        np.testing.assert_array_equal(forms[0], forms[2], err_msg=f"{name} {kind}")
+        np.testing.assert_array_equal(forms[1], forms[2], err_msg=f"this CPU's build, {kind}")
+    noise = np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32)
+    out = np.zeros(lib.tokconv_compact_size(*noise.shape), np.uint8)
+    assert lib.tokconv_compact_build(noise.ctypes.data, *noise.shape, out.ctypes.data) == 5
+
+
 def test_compact_weights_are_on_by_default_only_where_the_kernel_has_code_for_the_cpu(kernel_build, monkeypatch):
     """gcc's generic vectors ran slower than float32 BLAS (BENCHMARKS.md), so a CPU with neither AVX2
     nor AVX-512 keeps its products on BLAS unless the user asks, and the notice says why."""
