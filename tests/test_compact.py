@@ -122,14 +122,14 @@ def kernel_build(request):
 
 @pytest.mark.parametrize("tensor", TENSORS, ids=[f"{m}:{t}" for m, t in TENSORS])
 def test_each_kernel_build_matches_numpy_on_every_gguf_block_format(kernel_build, tensor):
-    # AVX2: 1-2 rows widen weights in registers, 3-6 multiply from a float block, 7+ from a float
+    # AVX2: 1-5 rows widen weights in registers, 6 multiply from a float block, 7+ from a float
     # column written once for several passes; beta=1 adds to what the output held (x += o @ Wo.T)
     name, lib = kernel_build
     assert compact.kernel(lib) == name
     w, kind = _rows(*tensor)
     assert lib.tokconv_compact_add(w.ctypes.data, *w.shape) == 0, kind
     try:
-        for m in (1, 2, 3, 6, 7, 12, 13, 40):
+        for m in (1, 2, 3, 5, 6, 7, 12, 13, 40):
             x = np.random.default_rng(m).standard_normal((m, w.shape[1])).astype(np.float32)
             want = x.astype(np.float64) @ w.T.astype(np.float64)
             for threads in (1, 2):
@@ -140,6 +140,17 @@ def test_each_kernel_build_matches_numpy_on_every_gguf_block_format(kernel_build
                                                     beta, c.ctypes.data, w.shape[0], threads) == 0
                     err = np.abs(c - (want + beta * held))
                     assert np.all(err <= _bound(x, w, False) + 1e-6 * beta * np.abs(held)), (name, kind, m, threads, beta)
+        # a row's results do not depend on the rows beside it or on the threads (lockstep sweeps
+        # equal one-by-one runs): the first rows of 40, multiplied 1 to 13 at a time, bit for bit
+        x = np.random.default_rng(1).standard_normal((40, w.shape[1])).astype(np.float32)
+        whole = np.zeros((40, w.shape[0]), np.float32)
+        assert lib.tokconv_compact_gemm(40, w.shape[0], w.shape[1], x.ctypes.data, w.shape[1], w.ctypes.data, 0.0,
+                                        whole.ctypes.data, w.shape[0], 2) == 0
+        for m in (1, 2, 3, 4, 5, 6, 7, 12, 13):
+            part = np.zeros((m, w.shape[0]), np.float32)
+            assert lib.tokconv_compact_gemm(m, w.shape[0], w.shape[1], x.ctypes.data, w.shape[1], w.ctypes.data, 0.0,
+                                            part.ctypes.data, w.shape[0], 1) == 0
+            np.testing.assert_array_equal(part, whole[:m], err_msg=f"{name} {kind} {m} rows")
     finally:
         lib.tokconv_compact_remove(w.ctypes.data)
 

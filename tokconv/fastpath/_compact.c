@@ -362,10 +362,13 @@ static void dequantize_column(const struct block *col, int kb, float *panel) {
 
 /* Rows [0, R) of x (stride lda) times one block column of 16 outputs, in AVX2 registers. The
  * generic 64-byte vectors below would do the same, but without AVX-512 gcc moves them through the
- * stack at every step: products ran slower than float32 BLAS on the whole matrix. One or two rows
- * widen each weight in registers as they go (bound by reading the weights); more rows first write
- * each block's weights as floats (or take them from `panel`, the whole column written once for
- * several passes), so that the registers hold the accumulators and each weight is one load. */
+ * stack at every step: products ran slower than float32 BLAS on the whole matrix. Up to five rows
+ * of a single pass widen each weight in registers as they go (1-2 rows are bound by reading the
+ * weights; at 3-5 this was 15-20% faster than the float block, BENCHMARKS.md); six rows leave no
+ * registers for widening, so they first write each block's weights as floats (or take them from
+ * `panel`, the whole column written once for several passes), and each weight is one load. Every
+ * path multiplies the same floats in the same order, so a row's results never depend on the rows
+ * beside it. */
 static inline __attribute__((always_inline)) void tile(int R, const float *a, int lda, const struct block *col,
                                                        int kb, float *c, int ldc, float beta, const float *panel) {
   __m256 lo[TILE], hi[TILE];
@@ -375,7 +378,7 @@ static inline __attribute__((always_inline)) void tile(int R, const float *a, in
   for (int g = 0; g < kb; g++) {
     const struct block *blk = &col[g];
     const float *ag = a + g * G;
-    if (R <= 2) {
+    if (R <= 2 || (R <= 5 && panel == NULL)) {
       for (int line = 0; line < (int)sizeof(struct block); line += 64) __builtin_prefetch((const char *)(blk + PREFETCH) + line);
 #pragma GCC unroll 4
       for (int kk = 0; kk < G; kk++) {
