@@ -27,9 +27,9 @@
  * The float32 kernel is written in GNU C vectors of 16 floats, which gcc turns into AVX-512 code; on
  * AVX2 CPUs (no AVX-512) a kernel in AVX2 intrinsics replaces it, because gcc spilled those vectors
  * to the stack there (see tile below). Other CPUs get the GNU C vectors as gcc compiles them, which
- * spill the same way (an AVX-only or SSE build on an AVX2 CPU ran 3-8x slower than the AVX2 kernel,
- * and slower than float32 BLAS): tokconv_compact_kernel() says which, and compact.py leaves compact
- * weights off on such CPUs unless TOKCONV_COMPACT=1.
+ * spill the same way (built so on an AVX2 CPU, they ran slower than float32 BLAS: BENCHMARKS.md):
+ * tokconv_compact_kernel() says which, and compact.py leaves compact weights off on such CPUs unless
+ * TOKCONV_COMPACT=1.
  */
 #define _GNU_SOURCE
 #include <linux/futex.h>
@@ -209,8 +209,8 @@ static int fit_group(const float *v, uint8_t *q, float *scale, float *offset) {
   return 1;
 }
 #elif defined(__AVX2__)
-/* The same in two AVX2 registers (the scalar fit's sort and branches made a first load of Qwen2.5-0.5B
- * spend ~12 s fitting): the group's rotations come from unaligned loads of it written twice. */
+/* The same in two AVX2 registers (the scalar fit's sort and branches were most of a first load's
+ * fitting, BENCHMARKS.md): the group's rotations come from unaligned loads of it written twice. */
 static int fit_group(const float *v, uint8_t *q, float *scale, float *offset) {
   float twice[2 * G];
   memcpy(twice, v, sizeof(float) * G);
@@ -364,7 +364,7 @@ static void dequantize_column(const struct block *col, int kb, float *panel) {
  * generic 64-byte vectors below would do the same, but without AVX-512 gcc moves them through the
  * stack at every step: products ran slower than float32 BLAS on the whole matrix. Up to five rows
  * of a single pass widen each weight in registers as they go (1-2 rows are bound by reading the
- * weights; at 3-5 this was 15-20% faster than the float block, BENCHMARKS.md); six rows leave no
+ * weights; at 3-5 faster than the float block, BENCHMARKS.md); six rows leave no
  * registers for widening, so they first write each block's weights as floats (or take them from
  * `panel`, the whole column written once for several passes), and each weight is one load. Every
  * path multiplies the same floats in the same order, so a row's results never depend on the rows
