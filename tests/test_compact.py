@@ -108,16 +108,23 @@ def test_a_product_cut_into_chunks_over_both_threads_gives_the_one_thread_bits(m
 KERNEL_BUILDS = {"AVX2": ["-mno-avx512f"], "generic vectors": ["-mno-avx512f", "-mno-avx2", "-mno-fma"]}
 
 
-@pytest.fixture(scope="module", params=list(KERNEL_BUILDS))
-def kernel_build(request):
+def _kernel_lib(name: str):
+    """The kernel built as KERNEL_BUILDS[name], loaded as a library of its own."""
     import ctypes
 
     from tokconv.fastpath.build import built, cpu_flags
 
+    flags = ["-O3", "-march=native", *KERNEL_BUILDS[name], "-lpthread"]
+    return compact.declare(ctypes.CDLL(str(built(compact._SOURCE, flags, cpu_flags()))))
+
+
+@pytest.fixture(scope="module", params=list(KERNEL_BUILDS))
+def kernel_build(request):
+    from tokconv.fastpath.build import cpu_flags
+
     if b"avx2" not in cpu_flags().split():
         pytest.skip("builds for other CPUs are made on x86-64 CPUs with AVX2")
-    flags = ["-O3", "-march=native", *KERNEL_BUILDS[request.param], "-lpthread"]
-    return request.param, compact.declare(ctypes.CDLL(str(built(compact._SOURCE, flags, cpu_flags()))))
+    return request.param, _kernel_lib(request.param)
 
 
 @pytest.mark.parametrize("tensor", TENSORS, ids=[f"{m}:{t}" for m, t in TENSORS])
@@ -159,13 +166,8 @@ def test_every_build_fits_the_same_compact_form_and_refuses_values_off_a_grid(ke
     """The fit of each group of 16 (AVX-512 and AVX2 code, scalar elsewhere) gives the same bytes as
     the scalar fit of the generic build, on every GGUF block format; values off an 8-bit grid are
     refused by each."""
-    import ctypes
-
-    from tokconv.fastpath.build import built, cpu_flags
-
     name, lib = kernel_build
-    scalar = compact.declare(ctypes.CDLL(str(built(compact._SOURCE, ["-O3", "-march=native", *KERNEL_BUILDS["generic vectors"],
-                                                                    "-lpthread"], cpu_flags()))))
+    scalar = _kernel_lib("generic vectors")
     for model, tensor in TENSORS:
         w, kind = _rows(model, tensor, rows=64)
         forms = []
