@@ -15,7 +15,6 @@ Writes bench/results/compact-builds.json and prints a markdown table for BENCHMA
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -27,10 +26,10 @@ import numpy as np
 
 import tokconv  # noqa: F401  (the fast path before numpy's BLAS is used)
 from tokconv.fastpath import compact
-from tokconv.fastpath.build import built, cpu_flags
+from tokconv.fastpath.build import cpu_flags
 
 HERE = Path(__file__).resolve().parent
-BUILDS = {"native": [], "AVX2": ["-mno-avx512f"], "generic vectors": ["-mno-avx512f", "-mno-avx2", "-mno-fma"]}
+BUILDS = {"native": ()} | compact.OTHER_CPUS
 
 
 def main() -> None:
@@ -49,7 +48,7 @@ def main() -> None:
     for name, extra in BUILDS.items():
         if extra and not x86:
             continue
-        lib = compact.declare(ctypes.CDLL(str(built(compact._SOURCE, ["-O3", "-march=native", *extra, "-lpthread"], cpu_flags()))))
+        lib = compact.build(extra)
         if lib.tokconv_compact_add(w.ctypes.data, n, k) != 0:
             raise SystemExit(f"{name}: the matrix was refused")
         libs[f"{name} ({compact.kernel(lib)})" if name == "native" else name] = lib

@@ -101,30 +101,15 @@ def test_a_product_cut_into_chunks_over_both_threads_gives_the_one_thread_bits(m
         compact.remove(w)
 
 
-# Builds of the kernel for other CPUs than this one: the AVX2 code as on a CPU without AVX-512, and
-# gcc's generic vectors as on a CPU with neither (what ARM or an old x86 gets), so that CI tests each
-# path whatever CPU it runs on. Each is a library of its own: its registered matrices and worker
-# threads are not the process's kernel's.
-KERNEL_BUILDS = {"AVX2": ["-mno-avx512f"], "generic vectors": ["-mno-avx512f", "-mno-avx2", "-mno-fma"]}
-
-
-def _kernel_lib(name: str):
-    """The kernel built as KERNEL_BUILDS[name], loaded as a library of its own."""
-    import ctypes
-
-    from tokconv.fastpath.build import built, cpu_flags
-
-    flags = ["-O3", "-march=native", *KERNEL_BUILDS[name], "-lpthread"]
-    return compact.declare(ctypes.CDLL(str(built(compact._SOURCE, flags, cpu_flags()))))
-
-
-@pytest.fixture(scope="module", params=list(KERNEL_BUILDS))
+@pytest.fixture(scope="module", params=list(compact.OTHER_CPUS))
 def kernel_build(request):
+    """The kernel as built for another CPU (compact.OTHER_CPUS), so that CI tests each code path
+    whatever CPU it runs on."""
     from tokconv.fastpath.build import cpu_flags
 
     if b"avx2" not in cpu_flags().split():
         pytest.skip("builds for other CPUs are made on x86-64 CPUs with AVX2")
-    return request.param, _kernel_lib(request.param)
+    return request.param, compact.build(compact.OTHER_CPUS[request.param])
 
 
 @pytest.mark.parametrize("tensor", TENSORS, ids=[f"{m}:{t}" for m, t in TENSORS])
@@ -167,7 +152,7 @@ def test_every_build_fits_the_same_compact_form_and_refuses_values_off_a_grid(ke
     the scalar fit of the generic build, on every GGUF block format; values off an 8-bit grid are
     refused by each."""
     name, lib = kernel_build
-    scalar = _kernel_lib("generic vectors")
+    scalar = compact.build(compact.OTHER_CPUS["generic vectors"])
     for model, tensor in TENSORS:
         w, kind = _rows(model, tensor, rows=64)
         forms = []

@@ -108,14 +108,27 @@ def library() -> ctypes.CDLL | None:
     if not enabled():
         return None
     try:
-        lib = ctypes.CDLL(str(built(_SOURCE, ["-O3", "-march=native", "-lpthread"], cpu_flags())))
+        lib = build()
     except OSError:
         return None  # plain BLAS: correct, only slower for short calls
-    _declined = declined(declare(lib))
+    _declined = declined(lib)
     if _declined is not None:
         return None
     _lib = lib
     return _lib
+
+
+# The kernel as built for other CPUs than this one (on an x86-64 CPU with AVX2), for the tests and
+# bench/compact_builds.py: the AVX2 code as on a CPU without AVX-512, and gcc's generic vectors as on
+# a CPU with neither (what ARM or an old x86-64 gets).
+OTHER_CPUS = {"AVX2": ("-mno-avx512f",), "generic vectors": ("-mno-avx512f", "-mno-avx2", "-mno-fma")}
+
+
+def build(extra: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """A build of ``_compact.c`` for this CPU (or with ``extra`` gcc flags, as ``OTHER_CPUS``), loaded
+    with its argument types declared; each build is a library of its own (its own registered
+    matrices and threads). Raises OSError where gcc cannot build it."""
+    return declare(ctypes.CDLL(str(built(_SOURCE, ["-O3", "-march=native", *extra, "-lpthread"], cpu_flags()))))
 
 
 def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
