@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import mlx_lm
-from mlx_lm.utils import load_tokenizer
+from mlx_lm.utils import load_config, load_model, load_tokenizer
 
 from .. import fastpath
 from ..errors import ModelNotFound, TokconvError
 from ..paths import models_dir
 from .resolve import ProgressFn, resolve
+from .tokenizer_cache import load_cached_tokenizer
 
 
 @dataclass(eq=False)  # identity, not field equality: engine state is kept per loaded model
@@ -97,7 +98,11 @@ def load(spec: str, progress: ProgressFn | None = None, dtype: str = "auto") -> 
         if progress:
             progress(f"Loading {facts['name']} into memory")
         try:
-            model, tokenizer = mlx_lm.load(str(path))
+            if path.parent == models_dir():  # tokconv's own conversion: mlx_lm.load, its tokenizer pickled
+                model, config = load_model(path)
+                tokenizer = load_cached_tokenizer(path, config.get("eos_token_id"))
+            else:
+                model, tokenizer = mlx_lm.load(str(path))
         except TokconvError:
             raise
         except Exception as exc:
@@ -156,8 +161,12 @@ def load_vocabulary(spec: str, progress: ProgressFn | None = None) -> LoadedMode
     t0 = time.perf_counter()
     path, facts, converted = resolve(spec, progress)
     try:
-        tokenizer = load_tokenizer(path)
         config = json.loads((path / "config.json").read_text())
+        eos = load_config(path).get("eos_token_id")  # as load() passes it: both share one tokenizer pickle
+        if path.parent == models_dir():
+            tokenizer = load_cached_tokenizer(path, eos)
+        else:
+            tokenizer = load_tokenizer(path, eos_token_ids=eos)
     except Exception as exc:  # a folder mlx-lm cannot read: one message for every cause
         raise ModelNotFound(f"could not read the tokenizer in {path}: {exc}",
                             "if tokconv made this folder, delete it to convert again") from exc
