@@ -8,14 +8,12 @@ guarded by locks and each model carries an ``RLock`` for its forward passes.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlx_lm
 from mlx_lm.utils import load_config, load_model, load_tokenizer
 
 from .. import fastpath
@@ -72,6 +70,13 @@ def _bos_id(tokenizer: Any) -> int | None:
     return int(bos) if probe and probe[0] == bos else None
 
 
+def _load_tokenizer(path: Path, eos_token_ids: Any) -> Any:
+    """The tokenizer as ``mlx_lm.load`` loads it, from a pickle beside tokconv's own conversions."""
+    if path.parent == models_dir():
+        return load_cached_tokenizer(path, eos_token_ids)
+    return load_tokenizer(path, eos_token_ids=eos_token_ids)
+
+
 def registry_key(spec: str, dtype: str = "auto") -> str:
     """How a loaded model is held (and listed by :func:`loaded_specs`): its spec, plus ``@dtype`` unless auto."""
     spec = spec.strip()
@@ -98,11 +103,8 @@ def load(spec: str, progress: ProgressFn | None = None, dtype: str = "auto") -> 
         if progress:
             progress(f"Loading {facts['name']} into memory")
         try:
-            if path.parent == models_dir():  # tokconv's own conversion: mlx_lm.load, its tokenizer pickled
-                model, config = load_model(path)
-                tokenizer = load_cached_tokenizer(path, config.get("eos_token_id"))
-            else:
-                model, tokenizer = mlx_lm.load(str(path))
+            model, config = load_model(path)  # mlx_lm.load of a local folder, in its two steps
+            tokenizer = _load_tokenizer(path, config.get("eos_token_id"))
         except TokconvError:
             raise
         except Exception as exc:
@@ -161,12 +163,8 @@ def load_vocabulary(spec: str, progress: ProgressFn | None = None) -> LoadedMode
     t0 = time.perf_counter()
     path, facts, converted = resolve(spec, progress)
     try:
-        config = json.loads((path / "config.json").read_text())
-        eos = load_config(path).get("eos_token_id")  # as load() passes it: both share one tokenizer pickle
-        if path.parent == models_dir():
-            tokenizer = load_cached_tokenizer(path, eos)
-        else:
-            tokenizer = load_tokenizer(path, eos_token_ids=eos)
+        config = load_config(path)
+        tokenizer = _load_tokenizer(path, config.get("eos_token_id"))  # as load() does: one pickle for both
     except Exception as exc:  # a folder mlx-lm cannot read: one message for every cause
         raise ModelNotFound(f"could not read the tokenizer in {path}: {exc}",
                             "if tokconv made this folder, delete it to convert again") from exc
