@@ -70,9 +70,14 @@ def _bos_id(tokenizer: Any) -> int | None:
     return int(bos) if probe and probe[0] == bos else None
 
 
+def _own_folder(path: Path) -> Path | None:
+    """``path`` when tokconv converted it (its caches may live there), else None (a user's folder)."""
+    return path if path.parent == models_dir() else None
+
+
 def _load_tokenizer(path: Path, eos_token_ids: Any) -> Any:
     """The tokenizer as ``mlx_lm.load`` loads it, from a pickle beside tokconv's own conversions."""
-    if path.parent == models_dir():
+    if _own_folder(path) is not None:
         return load_cached_tokenizer(path, eos_token_ids)
     return load_tokenizer(path, eos_token_ids=eos_token_ids)
 
@@ -113,7 +118,7 @@ def load(spec: str, progress: ProgressFn | None = None, dtype: str = "auto") -> 
                 "if tokconv made this folder, delete it to convert again; otherwise check it was made by mlx_lm.convert",
             ) from exc
         # fp32 weights, kernels, compact weights (kept beside tokconv's own conversions), packs on Linux CPU
-        compact = fastpath.prepare_model(model, dtype, path if path.parent == models_dir() else None)
+        compact = fastpath.prepare_model(model, dtype, _own_folder(path))
         vocab_size = int(model.args.vocab_size) if hasattr(model, "args") else len(tokenizer.vocab)
         loaded = LoadedModel(
             name=facts["name"],
