@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 
 from mlx_lm import stream_generate
 
+from ..engine import forward
 from ..errors import InvalidTokens
 from ..models import DEFAULT_MODEL_A, LoadedModel, load
 from ._common import add_quiet_option, check_cache, check_text, runtime_notice
@@ -40,6 +41,7 @@ def continuation(lm: LoadedModel, prompt: str, max_tokens: int) -> Iterator[str]
     shown = lm.decode(ids)
     generated: list[int] = []
     with lm.lock:
+        forward.ready(lm)  # mlx-lm multiplies the weights itself: load those left in the file
         for response in stream_generate(lm.model, lm.tokenizer, head, max_tokens=max_tokens):
             generated.append(int(response.token))
             text = lm.decode(ids + generated)

@@ -26,7 +26,7 @@ from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 
 from ..errors import TokconvError
-from ..fastpath import compact, packing
+from ..fastpath import compact, lazy, packing
 from ..models import LoadedModel
 from . import lean
 
@@ -134,8 +134,17 @@ def _compiled(lm: LoadedModel, stream: Any, signature: tuple) -> Any:
     return fn
 
 
+def ready(lm: LoadedModel) -> None:
+    """Load the weights ``lm`` left in its file (:mod:`tokconv.fastpath.lazy`) before MLX multiplies
+    them: a caller that runs ``lm.model`` itself calls this first."""
+    if lazy.materialize(lm.model):
+        lean.forget(lm)  # its transposes were of the arrays just replaced
+
+
 def _packs_ready(lm: LoadedModel, tokens: Any) -> None:
-    """Make the model's MKL packs before its first product too long for the compact kernel."""
+    """Load the model's waiting weights, and make its MKL packs before its first product too long
+    for the compact kernel."""
+    ready(lm)
     if packing.deferred(lm.model) and tokens.shape[0] * tokens.shape[1] > compact.current_max_rows():
         packing.ensure(lm.model)
 

@@ -47,7 +47,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.activations import swiglu
 
-from ..fastpath import compact, kernels
+from ..fastpath import compact, kernels, lazy
 from ..models import LoadedModel
 
 ARCHITECTURES = ("llama", "qwen2")
@@ -95,6 +95,7 @@ class _Lean:
     segments: list  # (start, stop) layers of each compiled segment (_segments)
     steps: dict = field(default_factory=dict)  # stream -> its compiled segments
     traces: int = 0  # times the Python step ran: once per stream's compiled segments (tests)
+    evaluated: bool = False  # the arrays above are evaluated (_ready)
 
 
 _state: "weakref.WeakKeyDictionary[LoadedModel, _Lean | None]" = weakref.WeakKeyDictionary()
@@ -158,8 +159,22 @@ def _build(lm: LoadedModel) -> _Lean | None:
     out = _Lean(inner.embed_tokens.weight, head.weight.T, inner.norm.weight, inner.norm.eps, layers, H, Hkv, D,
                 first.scale, (first.rope.dims, first.rope.base, first.rope.scale), mx.array(perm), layers[0].bq is not None,
                 _segments(len(layers)))
-    mx.eval(out.head, out.perm, [[a for a in vars(layer).values() if isinstance(a, mx.array)] for layer in layers])
+    if not lazy.waiting(model):  # else on the first call through MLX (_ready): native calls never read them
+        _ready(out)
     return out
+
+
+def forget(lm: LoadedModel) -> None:
+    """Drop ``lm``'s lean form (its weights were replaced: :func:`tokconv.fastpath.lazy.materialize`)."""
+    with _lock:
+        _state.pop(lm, None)
+
+
+def _ready(lean: _Lean) -> None:
+    """Evaluate the lean form's arrays once (the transposes are views: no transpose node per call)."""
+    if not lean.evaluated:
+        mx.eval(lean.head, lean.perm, [[a for a in vars(layer).values() if isinstance(a, mx.array)] for layer in lean.layers])
+        lean.evaluated = True
 
 
 def _of(lm: LoadedModel) -> _Lean | None:
@@ -286,6 +301,8 @@ def takes(lm: LoadedModel, tokens: Any, offset: int) -> _Lean | None:
     if offset < 1 or tokens.shape[0] != 1 or not enabled():
         return None
     lean = _of(lm)
+    if lean is not None:
+        _ready(lean)
     if lean is not None and lean.biased:  # bit-identical only where every product runs on compact weights
         if lm.compact is None or not lm.compact.complete or tokens.shape[1] > compact.current_max_rows():
             return None

@@ -31,7 +31,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import fastpath
-from ..fastpath import compact, kernels
+from ..fastpath import compact, kernels, lazy
 from ..fastpath.build import built, cpu_flags
 from ..models import LoadedModel
 from . import lean
@@ -122,25 +122,33 @@ def _build(lm: LoadedModel) -> Native | None:
         return None
     held: list[np.ndarray] = []
 
-    def ptr(a: Any, transposed: bool = False) -> int | None:
+    def ptr(a: Any, transposed: bool = False, weight: Any = None) -> int | None:
+        """The address the C call reads ``a`` at; ``weight``: the module weight ``a`` was made from,
+        whose file view (fastpath.lazy) stands in where the weight was left in its file."""
         if a is None:
             return None
-        v = _view(a, transposed)
+        v = lazy.file_view(lm.model, weight) if weight is not None else None
+        v = _view(a, transposed) if v is None else v
         held.append(v)
         return v.ctypes.data
 
+    inner = lm.model.model  # lean checked the architecture: mlx-lm's llama or qwen2
     try:
         layers = (_Layer * len(form.layers))()
-        for slot, layer in zip(layers, form.layers):
-            for name in ("q", "k", "v", "o", "gate", "up", "down"):
-                setattr(slot, name, ptr(getattr(layer, name), transposed=True))
+        for slot, layer, module in zip(layers, form.layers, inner.layers):
+            at, mlp = module.self_attn, module.mlp
+            weights = {"q": at.q_proj, "k": at.k_proj, "v": at.v_proj, "o": at.o_proj, "gate": mlp.gate_proj,
+                       "up": mlp.up_proj, "down": mlp.down_proj}
+            for name, linear in weights.items():
+                setattr(slot, name, ptr(getattr(layer, name), transposed=True, weight=linear.weight))
             slot.bq, slot.bk, slot.bv = ptr(layer.bq), ptr(layer.bk), ptr(layer.bv)
             slot.norm1, slot.norm2, slot.eps1, slot.eps2 = ptr(layer.norm1), ptr(layer.norm2), layer.eps1, layer.eps2
-        head = ptr(form.head, transposed=True)
+        tied = bool(getattr(lm.model.args, "tie_word_embeddings", False))  # as lean decided
+        head = ptr(form.head, transposed=True, weight=(inner.embed_tokens if tied else lm.model.lm_head).weight)
         vocab, hidden = held[-1].shape
         model = _Model(len(form.layers), hidden, form.heads, form.kv_heads, form.head_dim, form.layers[0].gate.shape[1],
-                       vocab, form.eps, form.scale, ptr(form.embed), head, ptr(form.norm), layers,
-                       ctypes.cast(compact.library().tokconv_compact_gemm, ctypes.c_void_p).value)
+                       vocab, form.eps, form.scale, ptr(form.embed, weight=inner.embed_tokens.weight), head, ptr(form.norm),
+                       layers, ctypes.cast(compact.library().tokconv_compact_gemm, ctypes.c_void_p).value)
     except ValueError:
         return None
     if lib.tokconv_native_check(ctypes.byref(model)) != 0:

@@ -802,6 +802,14 @@ int tokconv_compact_add_built(const float *b, int n, int k, void *blocks) {
   return insert(b, n, k, (struct block *)blocks, (size_t)tokconv_compact_size(n, k), 0);
 }
 
+/* Register `b` as another address of a matrix registered already (the same values in another
+ * buffer: a weight first known by its file's memory map, then by MLX's copy), sharing its blocks.
+ * Same answers as tokconv_compact_add; its bytes are counted once, under the first address. */
+int tokconv_compact_add_alias(const float *b, int n, int k, void *blocks) {
+  if (tokconv_compact_size(n, k) == 0 || b == NULL || b == TOMBSTONE || blocks == NULL) return 6;
+  return insert(b, n, k, (struct block *)blocks, 0, 0);
+}
+
 /* Register the row-major n x k float32 matrix at `b` (for products x @ b.T). 0 on success, -1 if
  * already there, 3 out of memory, 4 table full, 5 not on an 8-bit grid, 6 shape not a multiple of 16. */
 int tokconv_compact_add(const float *b, int n, int k) {

@@ -142,6 +142,7 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.tokconv_compact_size.restype = ctypes.c_longlong
     lib.tokconv_compact_build.argtypes = [p, i, i, p]
     lib.tokconv_compact_add_built.argtypes = [p, i, i, p]
+    lib.tokconv_compact_add_alias.argtypes = [p, i, i, p]
     lib.tokconv_compact_verify.argtypes = [p, i, i, p, i]
     lib.tokconv_compact_kernel.restype = i
     lib.tokconv_compact_set_max_rows(row_limit())
@@ -267,25 +268,35 @@ class CompactReport:
 CACHE_FORMAT = "compact-v1"
 
 
-def compact_model(model: Any, weights: list[tuple[str, Any]], cache: Path | None = None) -> CompactReport | None:
+def compact_model(model: Any, weights: list[tuple[str, Any]], cache: Path | None = None,
+                  files: dict[str, np.ndarray] | None = None) -> CompactReport | None:
     """Register ``model``'s float32 matmul ``weights`` ((name, mx.array) pairs); the compact forms
     live as long as the model. None where compact weights are off or not hooked in.
 
     With ``cache`` (a folder the caller owns, beside converted weights), each compact form is
-    written there once and memory-mapped on later loads, instead of being fitted again."""
+    written there once and memory-mapped on later loads, instead of being fitted again. With
+    ``files`` (``{tensor name: float32 view}`` of the model's own files, :mod:`.filemap`), a weight
+    whose file holds exactly its values is registered under its file view and left unevaluated:
+    :func:`waiting` lists those, and :func:`alias` registers them under MLX's buffers later."""
     if not active():
         return None
     import mlx.core as mx  # not at import: this module loads during setup, before MLX may
 
     held: list[tuple[np.ndarray, Any, Any]] = []  # (view, array, mapped file): the array keeps the memory alive
+    late: list[tuple[Any, np.ndarray, Any]] = []  # (array, file view, mapped file) of weights left in their file
     refused: list[str] = []
     n_weights = n_bytes = 0
     folder = cache / CACHE_FORMAT if cache is not None else None
     for name, w in weights:
         if w.dtype != mx.float32 or w.ndim != 2:
             continue
-        mx.eval(w)
-        view = np.asarray(w)  # zero-copy: the address MLX hands to cblas_sgemm
+        in_file = (files or {}).get(f"{name}.weight")
+        if in_file is not None and in_file.shape == tuple(w.shape) and folder is not None:
+            view = in_file  # the same values, nothing read yet
+        else:
+            in_file = None
+            mx.eval(w)
+            view = np.asarray(w)  # zero-copy: the address MLX hands to cblas_sgemm
         mapped = None
         if not view.flags.c_contiguous:
             rc = 6
@@ -297,11 +308,47 @@ def compact_model(model: Any, weights: list[tuple[str, Any]], cache: Path | None
             held.append((view, w, mapped))
             n_weights += view.size
             n_bytes += view.size * 3 // 2
+            if in_file is not None:
+                late.append((w, in_file, mapped))
         elif rc != -1:
             refused.append(f"{name}: {REFUSED.get(rc, f'code {rc}')}")
     if held:
-        weakref.finalize(model, _release, held)
+        _registered[id(model)] = (weakref.ref(model), held, late)
+        weakref.finalize(model, _release, id(model), held)
     return CompactReport(len(weights), len(held), n_weights, n_bytes, tuple(refused))
+
+
+# id(model) -> (its weakref, what it registered, the weights it left in their file): for alias()
+_registered: dict[int, tuple[Any, list, list]] = {}
+
+
+def waiting(model: Any) -> list[tuple[Any, np.ndarray]]:
+    """(MLX array, file view) of the weights :func:`compact_model` registered from ``model``'s file
+    without evaluating them."""
+    entry = _registered.get(id(model))
+    return [(w, view) for w, view, _ in entry[2]] if entry is not None and entry[0]() is model else []
+
+
+def alias(model: Any, replaced: dict[int, Any]) -> None:
+    """Register the compact forms of weights :func:`waiting` listed under the evaluated arrays that
+    replace them in ``model`` (``{id(old array): new array}``): MLX's own buffers, where the
+    interposer looks them up."""
+    entry = _registered.get(id(model))
+    if entry is None or entry[0]() is not model:
+        return
+    lib, held, late = library(), entry[1], entry[2]
+    for w, _, mapped in [t for t in late if id(t[0]) in replaced]:
+        new = replaced[id(w)]
+        view = np.asarray(new)
+        if lib is None or not view.flags.c_contiguous:
+            continue
+        if mapped is not None:
+            rc = int(lib.tokconv_compact_add_alias(view.ctypes.data, view.shape[0], view.shape[1], mapped.ctypes.data))
+        else:  # registered without a cache file (an unwritable folder): fitted again
+            rc = add(view)
+        if rc == 0:
+            held.append((view, new, mapped))
+    late[:] = [t for t in late if id(t[0]) not in replaced]
 
 
 def _add_cached(view: np.ndarray, path: Path, again: bool = True) -> tuple[int, np.ndarray | None]:
@@ -335,7 +382,8 @@ def _add_cached(view: np.ndarray, path: Path, again: bool = True) -> tuple[int, 
     return rc, mapped if rc == 0 else None
 
 
-def _release(held: list[tuple[np.ndarray, Any, Any]]) -> None:
+def _release(key: int, held: list[tuple[np.ndarray, Any, Any]]) -> None:
+    _registered.pop(key, None)
     for view, _, _ in held:
         remove(view)  # before the mapped file can be closed
     held.clear()

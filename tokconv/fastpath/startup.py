@@ -13,7 +13,8 @@ Environment: ``TOKCONV_BLAS`` (a library exporting ``cblas_sgemm``), and ``=1`` 
 (a trace per input shape, :mod:`tokconv.engine.lean`), ``TOKCONV_NO_PACK`` (no MKL
 packed weights), ``TOKCONV_NO_COMPACT`` (no compact 8-bit weights, :mod:`.compact`), ``TOKCONV_NO_INT16``
 (float32 inputs to products on compact weights, not int16: :mod:`.compact`), ``TOKCONV_NO_NATIVE``
-(one-sequence calls through MLX, not in C: :mod:`tokconv.engine.native`);
+(one-sequence calls through MLX, not in C: :mod:`tokconv.engine.native`), ``TOKCONV_EAGER_WEIGHTS`` (every
+weight loaded at load time, none left in its file: :mod:`.lazy`);
 ``TOKCONV_PACK_MAX_ROWS`` (most rows a packed matmul may have, 1024), ``TOKCONV_COMPACT_MAX_ROWS``;
 ``TOKCONV_BLAS_THREADS`` fixes the BLAS thread count (``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` too).
 ``TOKCONV_COMPACT=1`` turns compact weights on where the kernel has no code for the CPU (neither AVX2
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import compact, packing, threads
+from . import compact, lazy, packing, threads
 from .blas import setup_blas
 from .jit import setup_allocator, setup_jit
 
@@ -91,31 +92,45 @@ def prepare_model(model: Any, dtype: str = "auto", cache: Path | None = None) ->
     float32 weights get compact copies for short calls (:mod:`.compact`; returned: what it did)
     and MKL's packed copies where available: made now, or, where every weight has a compact form,
     before the model's first product too long for it (:func:`.packing.ensure`). ``cache``: a
-    folder of the caller's where compact forms are kept between loads (:func:`.compact.compact_model`).
+    folder of the caller's where compact forms are kept between loads (:func:`.compact.compact_model`),
+    and whose weights file holds the model's float32 values: those a native call need not read
+    stay there (:mod:`.lazy`) until :func:`.lazy.materialize`.
+    The model may come lazily loaded (``mlx_lm`` ``load_model(..., lazy=True)``): every weight is
+    read here, on the loading thread, but those :mod:`.lazy` leaves in their file.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     cpu = use_fp32_weights()
-    if dtype == "auto" and not cpu:
-        return None
     import mlx.core as mx  # not at import: setup() must run before MLX loads
+
+    if dtype == "auto" and not cpu:
+        # read now, on the loading thread: a lazy array is of this thread's stream, and model
+        # calls run on a thread of their own (MLX evaluates nothing of another thread's stream)
+        mx.eval(model.parameters())
+        return None
     import mlx.nn as nn
+    from mlx.utils import tree_flatten
     from mlx_lm.utils import dequantize_model
 
     target = mx.float32 if dtype == "auto" else getattr(mx, dtype)
     if any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules()):
         dequantize_model(model)
     model.set_dtype(target)
-    mx.eval(model.parameters())
     if not cpu:
+        mx.eval(model.parameters())
         return None
     if setup().fast_exp:
         from . import kernels  # imports MLX: only after setup()
 
         kernels.install()
         kernels.use_table_rope(model)
+    files = lazy.file_tensors(model, cache) if target == mx.float32 else {}
     with threads.compute(1):  # every core builds the compact forms
-        report = compact.compact_model(model, packing.named_matmul_weights(model), cache)
+        report = compact.compact_model(model, packing.named_matmul_weights(model), cache, files)
+    # only where every matrix is compact: a model with one on BLAS runs through MLX, which reads them all
+    waiting = lazy.keep(model, compact.waiting(model), files) if report is not None and report.complete else []
+    skip = {id(a) for a, _ in waiting}
+    mx.eval([a for _, a in tree_flatten(model.parameters()) if id(a) not in skip])
     if report is not None and report.complete:
         packing.defer(model)  # short products all run compact: pack on the first long one
     else:

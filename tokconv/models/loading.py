@@ -108,7 +108,8 @@ def load(spec: str, progress: ProgressFn | None = None, dtype: str = "auto") -> 
         if progress:
             progress(f"Loading {facts['name']} into memory")
         try:
-            model, config = load_model(path)  # mlx_lm.load of a local folder, in its two steps
+            # mlx_lm.load of a local folder, in its two steps; lazy: prepare_model decides what to read
+            model, config = load_model(path, lazy=True)
             tokenizer = _load_tokenizer(path, config.get("eos_token_id"))
         except TokconvError:
             raise
@@ -118,7 +119,13 @@ def load(spec: str, progress: ProgressFn | None = None, dtype: str = "auto") -> 
                 "if tokconv made this folder, delete it to convert again; otherwise check it was made by mlx_lm.convert",
             ) from exc
         # fp32 weights, kernels, compact weights (kept beside tokconv's own conversions), packs on Linux CPU
-        compact = fastpath.prepare_model(model, dtype, _own_folder(path))
+        try:
+            compact = fastpath.prepare_model(model, dtype, _own_folder(path))
+        except (RuntimeError, OSError) as exc:  # the weights are read here (loaded lazily above)
+            raise ModelNotFound(
+                f"could not read the weights in {path}: {exc}",
+                "if tokconv made this folder, delete it to convert again; otherwise check it was made by mlx_lm.convert",
+            ) from exc
         vocab_size = int(model.args.vocab_size) if hasattr(model, "args") else len(tokenizer.vocab)
         loaded = LoadedModel(
             name=facts["name"],
