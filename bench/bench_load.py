@@ -30,15 +30,20 @@ import tokconv
 from tokconv.models import load
 out = {"import_s": time.perf_counter() - t0}
 def rss_mb():
+    got = {}
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+            key = line.split(":")[0]
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                got[key] = int(line.split()[1]) / 1024
+    return got
 held = []
 for name in sys.argv[1:]:
     t = time.perf_counter()
     held.append(load(name))
-    out[name] = {"load_s": time.perf_counter() - t, "rss_mb": rss_mb()}
+    got = rss_mb()
+    out[name] = {"load_s": time.perf_counter() - t, "rss_mb": got["VmRSS"], "anon_mb": got.get("RssAnon"),
+                 "file_mb": got.get("RssFile")}
 out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(out))
 """
@@ -54,15 +59,24 @@ def one(tree: Path) -> dict:
     return json.loads(lines[-1])
 
 
+def split(rounds: list[dict]) -> str:
+    """Median anonymous / file-backed memory after both loads: the page cache's pages of mapped files
+    (weights files, compact caches) count in RSS but are shared and given back under pressure."""
+    if any(r[MODELS[1]].get("anon_mb") is None for r in rounds):
+        return "-"
+    return (f"{statistics.median(r[MODELS[1]]['anon_mb'] for r in rounds):.0f} / "
+            f"{statistics.median(r[MODELS[1]]['file_mb'] for r in rounds):.0f}")
+
+
 def render(results: dict) -> str:
     """A markdown table: medians over rounds, per tree."""
-    lines = ["| tree | import s | SmolLM2 load s | Qwen load s | RSS after both (MB) | peak RSS (MB) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| tree | import s | SmolLM2 load s | Qwen load s | RSS after both (MB) | of which anonymous / "
+             "file-backed (MB) | peak RSS (MB) |", "|---|---|---|---|---|---|---|"]
     for name, rounds in results["trees"].items():
         med = lambda f: statistics.median(f(r) for r in rounds)  # noqa: E731
         lines.append(f"| {name} | {med(lambda r: r['import_s']):.2f} | {med(lambda r: r[MODELS[0]]['load_s']):.2f} | "
                      f"{med(lambda r: r[MODELS[1]]['load_s']):.2f} | {med(lambda r: r[MODELS[1]]['rss_mb']):.0f} | "
-                     f"{med(lambda r: r['peak_rss_mb']):.0f} |")
+                     f"{split(rounds)} | {med(lambda r: r['peak_rss_mb']):.0f} |")
     return "\n".join(lines)
 
 

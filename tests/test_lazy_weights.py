@@ -163,3 +163,56 @@ def test_a_damaged_weights_file_gives_no_views(tmp_path, damage):
     else:
         bad.write_bytes((1 << 40).to_bytes(8, "little") + data[8:100])
     assert filemap.float32_tensors(tmp_path) == {}  # the load reads every weight itself, as before
+
+
+def test_a_matrix_registered_from_its_file_multiplies_and_a_wrong_cache_file_is_rebuilt(tmp_path):
+    """compact_model with the file's views: the weight stays unevaluated, products from the file's
+    address are right, and a cache file of another matrix is caught and fitted again from the file."""
+    import gguf
+    import mlx.core as mx
+    from safetensors.numpy import save_file
+
+    from tokconv.models import catalog
+
+    if compact.library() is None:
+        pytest.skip("compact weights are off on this CPU")
+    reader = gguf.GGUFReader(catalog.get_entry("smollm2-135m").gguf_path())
+    tensors = {t.name: t for t in reader.tensors}
+
+    def rows(name: str) -> np.ndarray:  # 64 rows dequantized as the converter does: on an 8-bit grid
+        t = tensors[name]
+        return np.ascontiguousarray(gguf.quants.dequantize(t.data[:64], t.tensor_type).astype(np.float32).reshape(64, -1))
+
+    w, other = rows("blk.0.ffn_down.weight"), rows("blk.1.ffn_down.weight")
+    save_file({"down.weight": w, "other.weight": other}, str(tmp_path / "model.safetensors"))
+    x = np.random.default_rng(0).standard_normal((3, w.shape[1])).astype(np.float32)
+    want = x.astype(np.float64) @ w.T.astype(np.float64)
+    tol = 1e-2 * np.abs(want).max()
+
+    class Holder:  # compact forms live as long as their model
+        pass
+
+    def register() -> tuple[Holder, np.ndarray]:
+        holder, lazy_w = Holder(), mx.load(str(tmp_path / "model.safetensors"))["down.weight"]
+        views = filemap.float32_tensors(tmp_path)
+        report = compact.compact_model(holder, [("down", lazy_w)], tmp_path, views)
+        assert report.compact == 1
+        assert [(a is lazy_w, v is views["down.weight"]) for a, v in compact.waiting(holder)] == [(True, True)]
+        return holder, compact.gemm(x, views["down.weight"])
+
+    holder, got = register()
+    assert np.abs(got - want).max() <= tol
+    (cached,) = (tmp_path / compact.CACHE_FORMAT).glob("down.*.bin")
+    del holder
+    import gc
+
+    gc.collect()
+    holder = Holder()  # another matrix's compact form under this one's name
+    compact.compact_model(holder, [("down", mx.array(other))], tmp_path / "elsewhere")
+    (foreign,) = (tmp_path / "elsewhere" / compact.CACHE_FORMAT).glob("down.*.bin")
+    del holder
+    gc.collect()
+    cached.write_bytes(foreign.read_bytes())
+    holder, got = register()
+    assert np.abs(got - want).max() <= tol
+    assert cached.read_bytes() != foreign.read_bytes()

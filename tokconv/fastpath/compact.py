@@ -266,6 +266,12 @@ class CompactReport:
 
 # The cache folder's name: bump when struct block in _compact.c changes.
 CACHE_FORMAT = "compact-v1"
+# Groups of 16 weights a cache file is checked on against the float32 matrix it stands for. A file
+# of another matrix fails on its first groups; a damaged one is caught with a chance that grows with
+# the samples. Against a weights file left on disk (read-only views, .lazy), each sample may read a
+# page of it, which a first run after a reboot waits for: fewer there.
+VERIFY_SAMPLES = 4096
+VERIFY_SAMPLES_IN_FILE = 64
 
 
 def compact_model(model: Any, weights: list[tuple[str, Any]], cache: Path | None = None,
@@ -301,7 +307,7 @@ def compact_model(model: Any, weights: list[tuple[str, Any]], cache: Path | None
         if not view.flags.c_contiguous:
             rc = 6
         elif folder is not None:
-            rc, mapped = _add_cached(view, folder / f"{name}.{view.shape[0]}x{view.shape[1]}.bin")
+            rc, mapped = _add_cached(view, folder / f"{name}.{view.shape[0]}x{view.shape[1]}.bin", in_file=in_file is not None)
         else:
             rc = add(view)
         if rc == 0:
@@ -351,9 +357,10 @@ def alias(model: Any, replaced: dict[int, Any]) -> None:
     late[:] = [t for t in late if id(t[0]) not in replaced]
 
 
-def _add_cached(view: np.ndarray, path: Path, again: bool = True) -> tuple[int, np.ndarray | None]:
+def _add_cached(view: np.ndarray, path: Path, again: bool = True, in_file: bool = False) -> tuple[int, np.ndarray | None]:
     """Register ``view`` from its cache file, building and writing the file first if needed.
-    Falls back to :func:`add` where the cache cannot be written (read-only folder, full disk)."""
+    Falls back to :func:`add` where the cache cannot be written (read-only folder, full disk).
+    ``in_file``: ``view`` maps a weights file on disk (checked on fewer samples: VERIFY_SAMPLES_IN_FILE)."""
     lib = library()
     if lib is None:
         return 7, None
@@ -374,10 +381,11 @@ def _add_cached(view: np.ndarray, path: Path, again: bool = True) -> tuple[int, 
         except OSError:
             return add(view), None
     mapped = np.memmap(path, dtype=np.uint8, mode="r")
-    if lib.tokconv_compact_verify(view.ctypes.data, n, k, mapped.ctypes.data, 4096) != 0:
+    samples = VERIFY_SAMPLES_IN_FILE if in_file else VERIFY_SAMPLES
+    if lib.tokconv_compact_verify(view.ctypes.data, n, k, mapped.ctypes.data, samples) != 0:
         del mapped  # not this matrix's compact form (a damaged or foreign file): build it again
         path.unlink(missing_ok=True)
-        return _add_cached(view, path, again=False) if again else (add(view), None)
+        return _add_cached(view, path, again=False, in_file=in_file) if again else (add(view), None)
     rc = int(lib.tokconv_compact_add_built(view.ctypes.data, n, k, mapped.ctypes.data))
     return rc, mapped if rc == 0 else None
 
