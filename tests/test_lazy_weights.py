@@ -67,6 +67,13 @@ out["batch_scores"] = hashlib.sha1(scores.argmax.tobytes() + scores.entropy.toby
 one = Scorer(lm).score(tokens[:1])  # one sequence: native again, after the weights were replaced
 out["native_after_batch"] = native.of(lm) is not None
 out["one_vs_batch_argmax"] = float(np.mean(one.argmax[0] == scores.argmax[0]))
+
+# mlx-lm's own generation (tokconv complete) runs the model outside tokconv's calls: it loads them first
+from tokconv.commands.complete import continuation
+qwen = models[1]
+out["waiting_before_complete"] = lazy.waiting(qwen.model)
+out["complete"] = "".join(continuation(qwen, "def add(a, b):", 8))
+out["waiting_after_complete"] = lazy.waiting(qwen.model)
 print("RESULT " + json.dumps(out))
 """
 
@@ -112,6 +119,12 @@ def test_the_first_call_through_mlx_loads_the_weights_and_keeps_compact_products
     assert lazy["batch_compact_calls"] == eager["batch_compact_calls"]
     assert lazy["native_after_batch"] is True  # native calls still served (by the file's addresses)
     assert lazy["one_vs_batch_argmax"] >= 0.9  # the native row and the MLX batch agree on predictions
+
+
+def test_generation_with_mlx_lm_loads_the_weights_first(lazy_and_eager):
+    lazy, eager = lazy_and_eager
+    assert lazy["waiting_before_complete"] is True and lazy["waiting_after_complete"] is False
+    assert lazy["complete"] == eager["complete"] and lazy["complete"].strip()
 
 
 def test_a_weight_replaced_after_loading_is_never_taken_from_the_file():

@@ -29,6 +29,7 @@ from ..errors import TokconvError
 from ..fastpath import compact, lazy, packing
 from ..models import LoadedModel
 from . import lean
+from .streams import on_call_thread
 
 # Distinct input shapes one compiled function may collect traces for before it is rebuilt
 # (each trace keeps its graph; long sweeps see many shapes).
@@ -136,7 +137,13 @@ def _compiled(lm: LoadedModel, stream: Any, signature: tuple) -> Any:
 
 def ready(lm: LoadedModel) -> None:
     """Load the weights ``lm`` left in its file (:mod:`tokconv.fastpath.lazy`) before MLX multiplies
-    them: a caller that runs ``lm.model`` itself calls this first."""
+    them: a caller that runs ``lm.model`` itself calls this first. On the model-call thread, where
+    native calls build their state from the lean form too, so that none sees it half replaced."""
+    if lazy.waiting(lm.model):
+        on_call_thread(_materialize, lm)
+
+
+def _materialize(lm: LoadedModel) -> None:
     if lazy.materialize(lm.model):
         lean.forget(lm)  # its transposes were of the arrays just replaced
 
